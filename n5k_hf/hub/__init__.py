@@ -1,0 +1,1 @@
+"""Model cards, dataset cards and Hub uploads."""

@@ -1,0 +1,1 @@
+"""Typed fine-tuning configuration and the accelerate training loop."""
