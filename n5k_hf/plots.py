@@ -97,6 +97,16 @@ def plot_ape_histogram(ape_pct: np.ndarray, path: str | Path, *, bin_width_pct: 
     return _save(figure, path)
 
 
+def _depth_scale_m(ref_depth_m: np.ndarray, pred_depth_m: np.ndarray) -> tuple[float, float]:
+    """Colour range (m) of two (H, W) depth maps: 1st-99th percentile of the reference (else the prediction)."""
+    for depth_m in (ref_depth_m, pred_depth_m):
+        finite = depth_m[np.isfinite(depth_m)]
+        if finite.size:
+            low_m, high_m = np.percentile(finite, [1, 99])
+            return float(low_m), float(high_m)
+    raise ValueError("neither depth map has a finite value")
+
+
 def plot_depth_panel(
     rgb: np.ndarray,
     ref_depth_m: np.ndarray,
@@ -125,11 +135,7 @@ def plot_depth_panel(
         raise ValueError(
             f"plot_depth_panel: ref_depth_m {ref.shape} and pred_depth_m {pred.shape} must match rgb {rgb.shape[:2]}"
         )
-    finite_depths = np.concatenate([ref[np.isfinite(ref)], pred[np.isfinite(pred)]])
-    if finite_depths.size == 0:
-        raise ValueError("plot_depth_panel: neither depth map has a finite value")
-    scale_source = ref[np.isfinite(ref)] if np.isfinite(ref).any() else finite_depths
-    depth_min_m, depth_max_m = np.percentile(scale_source, [1, 99])
+    depth_min_m, depth_max_m = _depth_scale_m(ref, pred)
     error_mm = 1000.0 * np.abs(pred - ref)
     finite_error = error_mm[np.isfinite(error_mm)]
     error_max_mm = float(np.percentile(finite_error, 99)) if finite_error.size else 1.0
@@ -158,3 +164,42 @@ def plot_depth_panel(
     if title:
         figure.suptitle(title, y=0.96)
     return _save(figure, path)
+
+
+def depth_error_image(
+    ref_depth_m: np.ndarray, pred_depth_m: np.ndarray, *, max_error_mm: float = 50.0
+) -> np.ndarray:
+    """Reference depth, predicted depth and absolute error side by side, as an image for trackers.
+
+    Depths share the reference's colour range (viridis); the error uses a fixed range 0..``max_error_mm``
+    (magma), so that images logged at different steps compare. NaN pixels are white.
+
+    Args:
+        ref_depth_m: (H, W) reference depth in metres, NaN = no reading.
+        pred_depth_m: (H, W) predicted depth in metres.
+        max_error_mm: error shown at the top of the colour map (larger errors saturate).
+
+    Returns:
+        (H, 3 * W, 3) uint8 RGB image.
+    """
+    ref = np.asarray(ref_depth_m, dtype=np.float64)
+    pred = np.asarray(pred_depth_m, dtype=np.float64)
+    if ref.ndim != 2 or ref.shape != pred.shape:
+        raise ValueError(
+            f"depth_error_image: ref_depth_m {ref.shape} and pred_depth_m {pred.shape} must be the same (H, W)"
+        )
+    if not max_error_mm > 0:
+        raise ValueError(f"depth_error_image: max_error_mm must be > 0, got {max_error_mm}")
+    depth_min_m, depth_max_m = _depth_scale_m(ref, pred)
+    depth_span_m = max(depth_max_m - depth_min_m, 1e-6)
+    error_mm = 1000.0 * np.abs(pred - ref)
+    strips = []
+    for values, cmap_name, low, span in (
+        (ref, "viridis", depth_min_m, depth_span_m),
+        (pred, "viridis", depth_min_m, depth_span_m),
+        (error_mm, "magma", 0.0, max_error_mm),
+    ):
+        cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="white")
+        normalised = np.ma.masked_invalid(np.clip((values - low) / span, 0.0, 1.0))
+        strips.append(cmap(normalised, bytes=True)[..., :3])
+    return np.concatenate(strips, axis=1)

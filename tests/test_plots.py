@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
 
 from n5k_hf.metrics import absolute_percentage_error
-from n5k_hf.plots import plot_ape_histogram, plot_depth_panel, plot_volume_scatter
+from n5k_hf.plots import depth_error_image, plot_ape_histogram, plot_depth_panel, plot_volume_scatter
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -86,3 +87,26 @@ def test_depth_panel_rejects_bad_shapes(tmp_path: Path) -> None:
         plot_depth_panel(rgb, np.ones((4, 4)), np.ones((4, 5)), tmp_path / "panel.png")
     with pytest.raises(ValueError, match="uint8"):
         plot_depth_panel(rgb.astype(np.float32), np.ones((4, 5)), np.ones((4, 5)), tmp_path / "panel.png")
+
+
+def test_depth_error_image_colours() -> None:
+    ref_depth_m = np.linspace(0.30, 0.40, 20).reshape(4, 5)
+    ref_depth_m[0, 0] = np.nan
+    pred_depth_m = ref_depth_m.copy()
+    pred_depth_m[1, 1] += 0.100  # 100 mm, beyond the 50 mm top of the error scale
+    pred_depth_m[2, 2] += 0.020  # 20 mm, 0.4 of the error scale
+    image = depth_error_image(ref_depth_m, pred_depth_m, max_error_mm=50.0)
+    assert image.shape == (4, 15, 3)
+    assert image.dtype == np.uint8
+    magma = matplotlib.colormaps["magma"]
+    reference_strip, predicted_strip, error_strip = image[:, :5], image[:, 5:10], image[:, 10:]
+    # NaN reference: white in the reference and error strips (the prediction has a value there).
+    assert reference_strip[0, 0].tolist() == [255, 255, 255]
+    assert error_strip[0, 0].tolist() == [255, 255, 255]
+    # Equal depths, equal colours; zero error is the bottom of the error colour map.
+    assert np.array_equal(reference_strip[3], predicted_strip[3])
+    assert error_strip[3, 4].tolist() == list(magma(0.0, bytes=True)[:3])
+    assert error_strip[1, 1].tolist() == list(magma(1.0, bytes=True)[:3])
+    assert error_strip[2, 2].tolist() == list(magma(0.4, bytes=True)[:3])
+    with pytest.raises(ValueError, match="same"):
+        depth_error_image(ref_depth_m, pred_depth_m[:3])
