@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from n5k_hf.geometry.intrinsics import NUTRITION5K_CAMERA_HEIGHT_M
+from n5k_hf.geometry.plane import Plane
 
 ML_PER_M3 = 1e6
 TABLE_OBJECT_ID = 0
@@ -466,6 +467,10 @@ class Scene:
         """(4,) float64 ``(nx, ny, nz, d)`` of the table in camera coordinates (``n`` towards the camera)."""
         normal = self.table_to_camera_rotation()[:, 2]
         return np.array([*normal, self.camera_height_m])
+
+    def table_plane(self) -> Plane:
+        """The table as a `Plane` in camera coordinates."""
+        return Plane.from_array(self.plane_array())
 
     def food_object_ids(self) -> list[int]:
         """Object ids (1-based) of the solids that are food, i.e. not plates or bowls."""
