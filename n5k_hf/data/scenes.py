@@ -408,9 +408,10 @@ class Bowl(Solid):
         # Wall = (outer cylinder minus inner cylinder) within the wall slab: enter through the rim or
         # the outer side, or from the hollow through the inner side.
         outside_entry = _convex_entry(np.maximum(outer_in, wall_z_in), np.minimum(outer_out, wall_z_out))
-        entry_xy = origin_local[:2] + outside_entry[:, None] * directions[:, :2]
+        entered = np.isfinite(outside_entry)
+        entry_xy = origin_local[:2] + np.where(entered, outside_entry, 0.0)[:, None] * directions[:, :2]
         in_hole = np.einsum("ij,ij->i", entry_xy, entry_xy) < self.inner_radius_m**2
-        outside_entry = np.where(np.isfinite(outside_entry) & in_hole, np.inf, outside_entry)
+        outside_entry = np.where(entered & in_hole, np.inf, outside_entry)
         z_inner_exit = origin_local[2] + inner_out * dz
         inner_wall = np.isfinite(inner_out) & (z_inner_exit >= 0.0) & (z_inner_exit <= self.height_m)
         inner_wall_hit = _first_valid(inner_out, inner_wall)
