@@ -21,6 +21,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from n5k_hf.geometry.plane import MIN_PLANE_PIXELS
 from n5k_hf.geometry.torch_ops import (
     backproject_torch,
     fit_plane_weighted_torch,
@@ -29,8 +30,6 @@ from n5k_hf.geometry.torch_ops import (
 )
 
 DEFAULT_MIN_DEPTH_M = 1e-3
-MIN_PLANE_PIXELS = 3
-"""An image needs at least this many valid ring pixels for the plane and volume losses."""
 
 _Loss = TypeVar("_Loss", bound=Callable[..., torch.Tensor])
 
@@ -227,7 +226,7 @@ def plane_loss(
     the table sets the volume), of ``|Z_pred_plane - Z_ref_plane| / Z_ref_plane``, the depths at which
     each pixel's ray meets the two planes: it measures tilt and offset together, dimensionless like
     abs_rel (0.01 = the predicted table is 1% of the distance off). Averaged over images with at
-    least ``MIN_PLANE_PIXELS`` valid ring pixels. Returns a scalar.
+    least ``MIN_PLANE_PIXELS`` valid ring pixels (the numpy ``fit_table_plane``'s minimum). Returns a scalar.
     """
     _check_shapes(
         pred_depth_m,

@@ -92,6 +92,17 @@ def test_plane_loss_of_a_shifted_table_by_hand():
     assert loss.item() == pytest.approx(0.027855, abs=1e-5)
 
 
+def test_plane_loss_needs_the_numpy_fits_minimum_of_ring_pixels():
+    target, valid, food, _, K = box_batch()
+    pred = target.clone()
+    pred[0] += 0.01  # only image 0 is off, by 1 cm
+    ring = torch.zeros_like(food)
+    ring[:, 2, :29] = True  # 29 valid ring pixels: below MIN_PLANE_PIXELS = 30, image left out
+    assert plane_loss(pred, target, valid, ring, K).item() == 0.0
+    ring[:, 3, :2] = True  # 31 pixels in two rows: image 0 counts, averaged with the exact image 1
+    assert plane_loss(pred, target, valid, ring, K).item() == pytest.approx(0.01 / 0.359 / 2, rel=1e-3)
+
+
 def test_volume_loss_by_hand():
     target, valid, food, ring, K = box_batch()
     assert volume_loss(target, target, valid, food, ring, K).item() == pytest.approx(0.0, abs=1e-6)
