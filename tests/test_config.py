@@ -73,3 +73,11 @@ def test_missing_dataset_and_missing_file():
         parse_config([])
     with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
         parse_config(["--config", "nope.yaml"])
+
+
+def test_none_on_the_command_line_unsets_an_optional_key():
+    config = parse_config(
+        ["--config", str(RECIPES / "smoke" / "config.yaml"), "--checkpointing_steps=None", "--max_depth=none"]
+    )
+    assert config.logging.checkpointing_steps is None
+    assert config.model.max_depth is None

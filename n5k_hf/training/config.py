@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ import yaml
 from transformers import HfArgumentParser
 
 from n5k_hf.modeling import DEFAULT_MODEL_ID
+
+NULL_STRINGS = ("None", "none", "null")
 
 
 class ConfigError(ValueError):
@@ -241,6 +244,30 @@ def _yaml_to_flags(values: dict[str, Any]) -> list[str]:
     return flags
 
 
+def _is_optional(group: type, name: str) -> bool:
+    return type(None) in typing.get_args(typing.get_type_hints(group)[name])
+
+
+def _flag_pairs(args: list[str]) -> list[tuple[str, str | None]]:
+    """``--key=value``, ``--key value`` and bare ``--flag`` -> ``[(key, value or None)]``."""
+    pairs: list[tuple[str, str | None]] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: use --key=value")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+        elif index + 1 < len(args) and not args[index + 1].startswith("--"):
+            key, value = arg[2:], args[index + 1]
+            index += 1
+        else:
+            key, value = arg[2:], None
+        pairs.append((key, value))
+        index += 1
+    return pairs
+
+
 def load_recipe_yaml(path: str | Path) -> dict[str, Any]:
     """Reads a recipe YAML and rejects unknown keys, naming the key and the file."""
     path = Path(path)
@@ -276,19 +303,30 @@ def parse_config(argv: list[str] | None = None) -> FinetuneConfig:
     if config_path is not None:
         yaml_values = load_recipe_yaml(config_path)
 
-    parser = HfArgumentParser(ARGUMENT_GROUPS)
     known = _field_names()
-    for arg in argv:
-        if arg.startswith("--"):
-            key = arg[2:].split("=", 1)[0]
-            if key not in known:
-                raise ConfigError(f"unknown flag --{key}")
+    # Later values win (CLI over YAML); a null value ("None", "none", "null") unsets an optional key.
+    values: dict[str, str | None] = {}
+    for key, value in _flag_pairs(_yaml_to_flags(yaml_values) + argv):
+        if key not in known:
+            raise ConfigError(f"unknown flag --{key}")
+        values[key] = value
+    nulls = [key for key, value in values.items() if value in NULL_STRINGS and _is_optional(known[key], key)]
+    flags = [
+        f"--{key}" if value is None else f"--{key}={value}"
+        for key, value in values.items()
+        if key not in nulls
+    ]
+    parser = HfArgumentParser(ARGUMENT_GROUPS)
     try:
-        groups = parser.parse_args_into_dataclasses(args=_yaml_to_flags(yaml_values) + argv)
+        groups = parser.parse_args_into_dataclasses(args=flags)
     except SystemExit as error:  # argparse has already printed the key and the reason
         raise ConfigError(
             f"invalid value in {config_path or 'command line'} (see the message above)"
         ) from error
+    for group in groups:
+        for field in dataclasses.fields(group):
+            if field.name in nulls:
+                setattr(group, field.name, None)
     config = FinetuneConfig(*groups)
     config.validate()
     return config
