@@ -9,10 +9,11 @@ plane fitted on the ring around the mask):
   pixel). The footprints are rasterised onto ``cell_size_m`` square cells: a cell's height is the
   overlap-weighted mean height over it, its coverage the covered fraction; interior holes of the
   footprint are filled with the nearest height; ``V = sum(cell_area * coverage * height)``.
-  Within 1% on caps (contact angle <= 65 deg), boxes, cylinders, centred or 12 cm off centre, on a
-  table tilted by 5 deg. Limits: what the camera cannot see is not counted (an off-centre hemisphere
-  hides ~2% of its volume behind its far side, measured -3% to -4%), and a box edge parallel to the
-  pixel rows is only known to half a pixel (a 24 mL box: up to +2.2%).
+  Within 1% (worst -0.7%) on caps (contact angle <= 65 deg), ellipsoidal caps, yawed boxes and
+  cylinders, centred or 12 cm off centre, on a table tilted by 5 deg. Limits: what the camera cannot
+  see is not counted (an off-centre hemisphere hides ~2% of its volume behind its far side, measured
+  -3% to -4%), and a box edge parallel to the pixel rows is only known to half a pixel along its
+  whole length (+1.3% on a 72 mL box, up to +2.2% on a 24 mL one).
   Keeping the highest point per cell instead of the footprint mean biases sloped surfaces up by
   3-5% once cells are covered exactly.
 * ``column``: ``sum(h * Z^2 / (fx * fy))``, each pixel's area at its own depth times its height.
@@ -23,7 +24,9 @@ plane fitted on the ring around the mask):
   hides table behind it (boxes +4% to +21%, cylinders +6% to +21%).
 
 Heights are clipped at 0 (nothing below the table counts). Invalid depth (NaN or 0) inside the mask is
-filled from the nearest valid masked pixel, never counted as 0 m.
+never counted as 0 m: ``column`` and ``frustum`` fill it from the nearest valid masked pixel;
+``heightmap`` lets the valid neighbours on both sides share the gap (a nearest-pixel fill would put
+a top-surface depth on a side-wall ray and grow the footprint past the wall).
 """
 
 from __future__ import annotations
@@ -135,51 +138,89 @@ def _plane_axes(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return along_u, along_v
 
 
+def _previous_usable_in_row(usable: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(h, w) column of the nearest usable pixel to the left in the same unbroken mask run, -1 if none.
+
+    Invalid pixels inside the mask are skipped over; a pixel outside the mask breaks the run.
+    """
+    columns = np.arange(usable.shape[1], dtype=np.int32)
+    # Events along the row: a usable pixel (odd code) or a break (even code); the latest one wins.
+    events = np.where(usable, 2 * columns + 1, np.where(mask, -1, 2 * columns)).astype(np.int32)
+    latest = np.maximum.accumulate(events, axis=1)
+    previous = np.full(usable.shape, -1, dtype=np.int32)
+    previous[:, 1:] = np.where(latest[:, :-1] % 2 == 1, latest[:, :-1] // 2, -1)
+    return previous
+
+
+def _row_half_gaps(
+    coord_u_m: np.ndarray, coord_v_m: np.ndarray, usable: np.ndarray, mask: np.ndarray, nominal_m: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_footprint_half_gaps` along image rows (to the left and right neighbours)."""
+    height, width = usable.shape
+    columns = np.arange(width, dtype=np.int32)
+    row_starts = (np.arange(height, dtype=np.int64) * width)[:, None]
+    previous = _previous_usable_in_row(usable, mask)
+    following = _previous_usable_in_row(usable[:, ::-1], mask[:, ::-1])[:, ::-1]
+    following = np.where(following >= 0, width - 1 - following, -1)
+    flat_u, flat_v = coord_u_m.ravel(), coord_v_m.ravel()
+    halves = []
+    for neighbour, sign in ((previous, -1.0), (following, 1.0)):
+        linked = usable & (neighbour >= 0)
+        safe = np.where(linked, neighbour, columns)
+        steps = np.maximum(np.abs(safe - columns), 1)
+        flat = row_starts + safe
+        gap_u = sign * (flat_u[flat] - coord_u_m) / 2.0
+        gap_v = sign * (flat_v[flat] - coord_v_m) / 2.0
+        max_gap_m = 0.5 * MAX_GAP_NOMINAL_PIXELS * nominal_m * steps
+        linked &= gap_u * gap_u + gap_v * gap_v <= max_gap_m * max_gap_m
+        gap_u[~linked] = np.nan
+        gap_v[~linked] = np.nan
+        halves.append((gap_u, gap_v, steps))
+    (before_u, before_v, before_steps), (after_u, after_v, after_steps) = halves
+    missing_before = np.isnan(before_u)
+    missing_after = np.isnan(after_u)
+    missing_both = missing_before & missing_after
+    # A missing side mirrors the other side's half-gap per pixel step (not its bridge over a hole).
+    for before, after, fallback in ((before_u, after_u, True), (before_v, after_v, False)):
+        before[missing_before] = (after / after_steps)[missing_before]
+        after[missing_after] = (before / before_steps)[missing_after]
+        before[missing_both] = after[missing_both] = nominal_m[missing_both] / 2.0 if fallback else 0.0
+    return before_u, before_v, after_u, after_v
+
+
 def _footprint_half_gaps(
-    coord_u_m: np.ndarray, coord_v_m: np.ndarray, usable: np.ndarray, nominal_m: np.ndarray, axis: int
+    coord_u_m: np.ndarray,
+    coord_v_m: np.ndarray,
+    usable: np.ndarray,
+    mask: np.ndarray,
+    nominal_m: np.ndarray,
+    axis: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Plane vectors from each pixel halfway to its previous and next neighbour along image ``axis``.
 
-    A pixel owns the plane up to halfway to its neighbours along ``axis`` (1 = columns, 0 = rows).
-    Where a neighbour is missing (outside the mask, invalid) or across a depth jump (more than
-    `MAX_GAP_NOMINAL_PIXELS` nominal pixels away), the footprint mirrors the opposite half-gap; with
-    neither neighbour it is half the nominal pixel size along the plane axis that follows ``axis``.
-    Visible walls map their pixels onto one line (zero gaps), so they add no footprint beyond the
-    wall; hidden edges extend half a pixel beyond the last pixel.
+    A pixel owns the plane up to halfway to its neighbours along ``axis`` (1 = columns, 0 = rows):
+    the nearest usable pixels on either side, skipping invalid pixels inside the mask (so holes in
+    the depth are bridged by their neighbours). Where there is no neighbour (edge of the mask) or it
+    lies across a depth jump (more than `MAX_GAP_NOMINAL_PIXELS` nominal pixels per step), the
+    footprint mirrors the opposite half-gap; with neither, it is half the nominal pixel size along
+    the plane axis that follows ``axis``. Visible walls map their pixels onto one line (zero gaps), so
+    they add no footprint beyond the wall; hidden edges extend half a pixel beyond the last pixel.
 
     Args:
         coord_u_m, coord_v_m: (h, w) plane coordinates of each pixel along the ``u`` and ``v`` axes.
-        usable: (h, w) bool pixels that take part.
+        usable: (h, w) bool pixels with a valid depth in the mask; mask: (h, w) bool.
         nominal_m: (h, w) nominal pixel size on the plane (depth / focal length).
 
     Returns:
         (before_u, before_v, after_u, after_v): (h, w) components of the half-gap vectors to the
         previous and the next neighbour.
     """
-    head = (slice(None), slice(None, -1)) if axis == 1 else (slice(None, -1), slice(None))
-    tail = (slice(None), slice(1, None)) if axis == 1 else (slice(1, None), slice(None))
-    gap_u = np.diff(coord_u_m, axis=axis) / 2.0
-    gap_v = np.diff(coord_v_m, axis=axis) / 2.0
-    max_gap_m = 0.5 * MAX_GAP_NOMINAL_PIXELS * nominal_m[head]
-    unlinked = ~(usable[head] & usable[tail] & (gap_u * gap_u + gap_v * gap_v <= max_gap_m * max_gap_m))
-    gap_u[unlinked] = np.nan
-    gap_v[unlinked] = np.nan
-    halves = []
-    for gap in (gap_u, gap_v):
-        before = np.full(coord_u_m.shape, np.nan)
-        after = np.full(coord_u_m.shape, np.nan)
-        before[tail] = gap
-        after[head] = gap
-        halves.append((before, after))
-    (before_u, after_u), (before_v, after_v) = halves
-    missing_before = np.isnan(before_u)
-    missing_after = np.isnan(after_u)
-    missing_both = missing_before & missing_after
-    for before, after, fallback in ((before_u, after_u, axis == 1), (before_v, after_v, axis == 0)):
-        before[missing_before] = after[missing_before]
-        after[missing_after] = before[missing_after]
-        before[missing_both] = after[missing_both] = nominal_m[missing_both] / 2.0 if fallback else 0.0
-    return before_u, before_v, after_u, after_v
+    if axis == 1:
+        return _row_half_gaps(coord_u_m, coord_v_m, usable, mask, nominal_m)
+    before_v, before_u, after_v, after_u = _row_half_gaps(
+        coord_v_m.T, coord_u_m.T, usable.T, mask.T, nominal_m.T
+    )
+    return before_u.T, before_v.T, after_u.T, after_v.T
 
 
 def _cell_overlaps(
@@ -210,7 +251,12 @@ def _fill_footprint_holes(heights_m: np.ndarray, coverage: np.ndarray) -> tuple[
 
 
 def _pixel_footprints(
-    coord_u_m: np.ndarray, coord_v_m: np.ndarray, usable: np.ndarray, depth_m: np.ndarray, K: np.ndarray
+    coord_u_m: np.ndarray,
+    coord_v_m: np.ndarray,
+    usable: np.ndarray,
+    mask: np.ndarray,
+    depth_m: np.ndarray,
+    K: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Plane rectangle ``[low_u, high_u) x [low_v, high_v)`` owned by each usable pixel, each (N,).
 
@@ -219,17 +265,17 @@ def _pixel_footprints(
     Pixels are in the raster order of ``usable``.
 
     Args:
-        coord_u_m, coord_v_m: (h, w) plane coordinates of the pixels; usable: (h, w) bool;
-        depth_m: (h, w) depth in metres.
+        coord_u_m, coord_v_m: (h, w) plane coordinates of the pixels; usable: (h, w) bool pixels
+        with a valid depth in ``mask`` (h, w); depth_m: (h, w) depth in metres.
     """
     pixels = np.flatnonzero(usable)
     before_uu, before_uv, after_uu, after_uv = (
         part.ravel()[pixels]
-        for part in _footprint_half_gaps(coord_u_m, coord_v_m, usable, depth_m / K[0, 0], 1)
+        for part in _footprint_half_gaps(coord_u_m, coord_v_m, usable, mask, depth_m / K[0, 0], 1)
     )
     before_vu, before_vv, after_vu, after_vv = (
         part.ravel()[pixels]
-        for part in _footprint_half_gaps(coord_u_m, coord_v_m, usable, depth_m / K[1, 1], 0)
+        for part in _footprint_half_gaps(coord_u_m, coord_v_m, usable, mask, depth_m / K[1, 1], 0)
     )
     lower_u, upper_u = np.maximum(before_uu, 0.0), np.maximum(after_uu, 0.0)
     lower_v, upper_v = np.maximum(before_vv, 0.0), np.maximum(after_vv, 0.0)
@@ -303,7 +349,7 @@ def _heightmap_volume_ml(
     heights_m = np.maximum(
         points_m.reshape(-1, 3)[np.flatnonzero(usable)] @ plane.normal + plane.offset_m, 0.0
     )
-    footprints = _pixel_footprints(coord_u_m, coord_v_m, usable, window_depth_m, K)
+    footprints = _pixel_footprints(coord_u_m, coord_v_m, usable, mask[window], window_depth_m, K)
     if not np.any(footprints[1] > footprints[0]):
         return 0.0
     grid_heights_m, coverage = _rasterise_footprints(*footprints, heights_m, cell_size_m)
@@ -314,7 +360,7 @@ def _heightmap_volume_ml(
 def _column_volume_ml(
     depth_m: np.ndarray, mask: np.ndarray, K: np.ndarray, plane: Plane, cell_size_m: float
 ) -> float:
-    rays, depth_values = _masked_points(depth_m, mask, K)
+    rays, depth_values = _masked_points(fill_invalid_depth(depth_m, mask), mask, K)
     heights_m = np.maximum((rays @ plane.normal) * depth_values + plane.offset_m, 0.0)
     pixel_area_m2 = depth_values**2 / (K[0, 0] * K[1, 1])
     return float(np.sum(heights_m * pixel_area_m2) * ML_PER_M3)
@@ -323,7 +369,7 @@ def _column_volume_ml(
 def _frustum_volume_ml(
     depth_m: np.ndarray, mask: np.ndarray, K: np.ndarray, plane: Plane, cell_size_m: float
 ) -> float:
-    rays, depth_values = _masked_points(depth_m, mask, K)
+    rays, depth_values = _masked_points(fill_invalid_depth(depth_m, mask), mask, K)
     ray_dot_normal = rays @ plane.normal
     # Depth where the pixel's ray meets the plane; rays that never reach it (n . r >= 0) add nothing.
     meets_plane = ray_dot_normal < 0
@@ -339,7 +385,11 @@ VOLUME_METHODS: dict[str, VolumeMethod] = {
     "column": _column_volume_ml,
     "frustum": _frustum_volume_ml,
 }
-"""Volume integrators by name: ``fn(filled_depth_m, mask, K, plane, cell_size_m) -> volume_ml``."""
+"""Volume integrators by name: ``fn(depth_m, mask, K, plane, cell_size_m) -> volume_ml``.
+
+``depth_m`` may hold invalid pixels (NaN or <= 0): ``column`` and ``frustum`` fill those inside the
+mask with `fill_invalid_depth`; ``heightmap`` bridges them with the footprints of their neighbours.
+"""
 
 
 def _volume_method(method: str) -> VolumeMethod:
@@ -380,7 +430,7 @@ def integrate_volume_ml(
         return 0.0
     if plane is None:
         plane = fit_table_plane(depth_m, K, mask)
-    return integrate(fill_invalid_depth(depth_m, mask), mask, K, plane, cell_size_m)
+    return integrate(depth_m, mask, K, plane, cell_size_m)
 
 
 def measure_food_item(
