@@ -356,12 +356,12 @@ def run_evaluation(
     check_local_or_hub_reference(dataset_name_or_path, "dataset")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     try:
-        model, processor = load_model_and_processor(model_name_or_path, revision=model_revision)
         with accelerator.main_process_first():
             dataset = load_n5k_dataset(dataset_name_or_path, revision=dataset_revision)
         part = get_split(dataset, split, source=dataset_name_or_path, max_samples=max_samples)
         if len(part) == 0:
             raise ValueError(f"{dataset_name_or_path}: split '{split}' has no rows")
+        model, processor = load_model_and_processor(model_name_or_path, revision=model_revision)
         loader = accelerator.prepare(
             torch.utils.data.DataLoader(
                 TransformedDataset(part, EvalTransform(processor)),
