@@ -84,7 +84,11 @@ def evaluate_test_split(finetuner: Finetuner) -> dict[str, Any] | None:
     )
     if accelerator.is_main_process:
         write_evaluation_report(
-            result, finetuner.output_dir / TEST_REPORT_DIRNAME, dataset=finetuner.test_split, panels=kept
+            result,
+            finetuner.output_dir / TEST_REPORT_DIRNAME,
+            dataset=finetuner.test_split,
+            panels=kept,
+            extra={"num_processes": accelerator.num_processes},
         )
     return result.metrics
 
