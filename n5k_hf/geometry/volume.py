@@ -152,25 +152,64 @@ def _previous_usable_in_row(usable: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return previous
 
 
-def _row_half_gaps(
-    coord_u_m: np.ndarray, coord_v_m: np.ndarray, usable: np.ndarray, mask: np.ndarray, nominal_m: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`_footprint_half_gaps` along image rows (to the left and right neighbours)."""
-    height, width = usable.shape
-    columns = np.arange(width, dtype=np.int32)
-    row_starts = (np.arange(height, dtype=np.int64) * width)[:, None]
+def _linked_neighbours(usable: np.ndarray, mask: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(h, w) index along image ``axis`` of the previous and the next usable pixel (-1: none).
+
+    Neighbours are searched in the same row (``axis`` 1) or column (``axis`` 0) within an unbroken
+    run of the mask, skipping invalid pixels inside it.
+    """
+    if axis == 0:
+        previous, following = _linked_neighbours(
+            np.ascontiguousarray(usable.T), np.ascontiguousarray(mask.T), 1
+        )
+        return previous.T, following.T
+    width = usable.shape[1]
     previous = _previous_usable_in_row(usable, mask)
     following = _previous_usable_in_row(usable[:, ::-1], mask[:, ::-1])[:, ::-1]
-    following = np.where(following >= 0, width - 1 - following, -1)
-    flat_u, flat_v = coord_u_m.ravel(), coord_v_m.ravel()
+    return previous, np.where(following >= 0, width - 1 - following, -1)
+
+
+def _footprint_half_gaps(
+    coords_m: tuple[np.ndarray, np.ndarray],
+    usable: np.ndarray,
+    mask: np.ndarray,
+    nominal_m: np.ndarray,
+    axis: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Plane vectors from each usable pixel halfway to its previous and next neighbour along ``axis``.
+
+    A pixel owns the plane up to halfway to its neighbours along image ``axis`` (1 = columns,
+    0 = rows): the nearest usable pixels on either side, skipping invalid pixels inside the mask (so
+    holes in the depth are bridged by their neighbours). Where there is no neighbour (edge of the
+    mask) or it lies across a depth jump (more than `MAX_GAP_NOMINAL_PIXELS` nominal pixels per
+    step), the footprint mirrors the opposite half-gap per step; with neither, it is half the nominal
+    pixel size along the plane axis that follows ``axis``. Visible walls map their pixels onto one
+    line (zero gaps), so they add no footprint beyond the wall; hidden edges extend half a pixel
+    beyond the last pixel.
+
+    Args:
+        coords_m: (h, w) plane coordinates of each pixel along the ``u`` and ``v`` plane axes.
+        usable: (h, w) bool pixels with a valid depth in ``mask`` (h, w).
+        nominal_m: (N,) nominal pixel size on the plane (depth / focal length) of the usable pixels.
+
+    Returns:
+        (before_u, before_v, after_u, after_v): (N,) components, for the usable pixels in raster
+        order, of the half-gap vectors to the previous and the next neighbour.
+    """
+    width = usable.shape[1]
+    pixels = np.flatnonzero(usable)
+    rows, columns = np.divmod(pixels, width)
+    position = columns if axis == 1 else rows
+    flat_u, flat_v = coords_m[0].ravel(), coords_m[1].ravel()
     halves = []
-    for neighbour, sign in ((previous, -1.0), (following, 1.0)):
-        linked = usable & (neighbour >= 0)
-        safe = np.where(linked, neighbour, columns)
-        steps = np.maximum(np.abs(safe - columns), 1)
-        flat = row_starts + safe
-        gap_u = sign * (flat_u[flat] - coord_u_m) / 2.0
-        gap_v = sign * (flat_v[flat] - coord_v_m) / 2.0
+    for neighbour_grid, sign in zip(_linked_neighbours(usable, mask, axis), (-1.0, 1.0)):
+        neighbour = neighbour_grid.ravel()[pixels]
+        linked = neighbour >= 0
+        neighbour = np.where(linked, neighbour, position)
+        steps = np.maximum(np.abs(neighbour - position), 1)
+        neighbour_pixels = rows * width + neighbour if axis == 1 else neighbour * width + columns
+        gap_u = sign * (flat_u[neighbour_pixels] - flat_u[pixels]) / 2.0
+        gap_v = sign * (flat_v[neighbour_pixels] - flat_v[pixels]) / 2.0
         max_gap_m = 0.5 * MAX_GAP_NOMINAL_PIXELS * nominal_m * steps
         linked &= gap_u * gap_u + gap_v * gap_v <= max_gap_m * max_gap_m
         gap_u[~linked] = np.nan
@@ -181,46 +220,11 @@ def _row_half_gaps(
     missing_after = np.isnan(after_u)
     missing_both = missing_before & missing_after
     # A missing side mirrors the other side's half-gap per pixel step (not its bridge over a hole).
-    for before, after, fallback in ((before_u, after_u, True), (before_v, after_v, False)):
+    for before, after, along_axis in ((before_u, after_u, axis == 1), (before_v, after_v, axis == 0)):
         before[missing_before] = (after / after_steps)[missing_before]
         after[missing_after] = (before / before_steps)[missing_after]
-        before[missing_both] = after[missing_both] = nominal_m[missing_both] / 2.0 if fallback else 0.0
+        before[missing_both] = after[missing_both] = nominal_m[missing_both] / 2.0 if along_axis else 0.0
     return before_u, before_v, after_u, after_v
-
-
-def _footprint_half_gaps(
-    coord_u_m: np.ndarray,
-    coord_v_m: np.ndarray,
-    usable: np.ndarray,
-    mask: np.ndarray,
-    nominal_m: np.ndarray,
-    axis: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Plane vectors from each pixel halfway to its previous and next neighbour along image ``axis``.
-
-    A pixel owns the plane up to halfway to its neighbours along ``axis`` (1 = columns, 0 = rows):
-    the nearest usable pixels on either side, skipping invalid pixels inside the mask (so holes in
-    the depth are bridged by their neighbours). Where there is no neighbour (edge of the mask) or it
-    lies across a depth jump (more than `MAX_GAP_NOMINAL_PIXELS` nominal pixels per step), the
-    footprint mirrors the opposite half-gap; with neither, it is half the nominal pixel size along
-    the plane axis that follows ``axis``. Visible walls map their pixels onto one line (zero gaps), so
-    they add no footprint beyond the wall; hidden edges extend half a pixel beyond the last pixel.
-
-    Args:
-        coord_u_m, coord_v_m: (h, w) plane coordinates of each pixel along the ``u`` and ``v`` axes.
-        usable: (h, w) bool pixels with a valid depth in the mask; mask: (h, w) bool.
-        nominal_m: (h, w) nominal pixel size on the plane (depth / focal length).
-
-    Returns:
-        (before_u, before_v, after_u, after_v): (h, w) components of the half-gap vectors to the
-        previous and the next neighbour.
-    """
-    if axis == 1:
-        return _row_half_gaps(coord_u_m, coord_v_m, usable, mask, nominal_m)
-    before_v, before_u, after_v, after_u = _row_half_gaps(
-        coord_v_m.T, coord_u_m.T, usable.T, mask.T, nominal_m.T
-    )
-    return before_u.T, before_v.T, after_u.T, after_v.T
 
 
 def _cell_overlaps(
@@ -269,13 +273,13 @@ def _pixel_footprints(
         with a valid depth in ``mask`` (h, w); depth_m: (h, w) depth in metres.
     """
     pixels = np.flatnonzero(usable)
-    before_uu, before_uv, after_uu, after_uv = (
-        part.ravel()[pixels]
-        for part in _footprint_half_gaps(coord_u_m, coord_v_m, usable, mask, depth_m / K[0, 0], 1)
+    usable_depth_m = depth_m.ravel()[pixels]
+    coords_m = (coord_u_m, coord_v_m)
+    before_uu, before_uv, after_uu, after_uv = _footprint_half_gaps(
+        coords_m, usable, mask, usable_depth_m / K[0, 0], 1
     )
-    before_vu, before_vv, after_vu, after_vv = (
-        part.ravel()[pixels]
-        for part in _footprint_half_gaps(coord_u_m, coord_v_m, usable, mask, depth_m / K[1, 1], 0)
+    before_vu, before_vv, after_vu, after_vv = _footprint_half_gaps(
+        coords_m, usable, mask, usable_depth_m / K[1, 1], 0
     )
     lower_u, upper_u = np.maximum(before_uu, 0.0), np.maximum(after_uu, 0.0)
     lower_v, upper_v = np.maximum(before_vv, 0.0), np.maximum(after_vv, 0.0)
