@@ -74,7 +74,7 @@ def _check_inputs(
 def _nearest_fill(values: np.ndarray, known: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Copy of (H, W) ``values`` where each ``wanted & ~known`` pixel takes its nearest ``known`` value.
 
-    ``known`` must hold at least one pixel. Distances are Euclidean (OpenCV's precise transform).
+    ``known`` must hold at least one pixel. Distances are Euclidean (OpenCV's 5x5 mask approximation).
     """
     filled = values.copy()
     holes = wanted & ~known
@@ -131,6 +131,8 @@ def _plane_axes(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     grow with ``u`` and ``v`` for a plane facing the camera (unless the plane is seen edge-on).
     """
     along_u = np.array([1.0, 0.0, 0.0]) - normal[0] * normal
+    if np.linalg.norm(along_u) < 1e-6:  # a plane facing along the camera x axis
+        along_u = np.array([0.0, 0.0, 1.0]) - normal[2] * normal
     along_u /= np.linalg.norm(along_u)
     along_v = np.cross(along_u, normal)
     if along_v[1] < 0:
