@@ -12,7 +12,8 @@ Food items (:func:`items_from_mask_files`): with one mask file for an image, eac
 non-zero value of a label image is an item, and a binary mask (one non-zero value) is split into
 its 8-connected components; with several mask files for one image, each file is one item (all its
 non-zero pixels). Without masks, the food is found in the predicted depth (`depth_food_mask`), one
-item per connected piece. Masks must have the image's size (after its EXIF orientation is applied).
+item per connected piece; that needs a plate or bowl under the food (with food straight on the
+table, a flat food top is taken for the plate and nothing is found). Masks must have the image's size (after its EXIF orientation is applied).
 """
 
 from __future__ import annotations

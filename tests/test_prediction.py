@@ -224,3 +224,17 @@ def test_several_images_need_one_mask_each(tmp_path):
     mask = _write_png(tmp_path / "m.png", np.ones((60, 80), dtype=np.uint8))
     with pytest.raises(PredictionInputError, match="2 images and 3 masks"):
         predict_volumes([image, image], lambda rgb: np.ones(rgb.shape[:2]), mask_paths=[mask, mask, mask])
+
+
+@pytest.mark.parametrize("seed", [0, 1])  # a plate, then a bowl
+def test_without_masks_items_are_found_in_the_depth_and_measured(tmp_path, seed):
+    dish = render_synthetic_dish(np.random.default_rng(seed))
+    depth_m = np.where(np.isfinite(dish.depth_clean_m), dish.depth_clean_m, 0.5).astype(np.float32)
+    image = _write_png(tmp_path / "dish.png", dish.rgb)
+
+    entry = predict_volumes([image], lambda rgb: depth_m)["images"][0]
+
+    assert [item["source"] for item in entry["items"]] == ["depth_mask"] * len(dish.item_volumes_ml)
+    measured = sorted(item["volume_ml"] for item in entry["items"])
+    for measured_ml, expected_ml in zip(measured, sorted(dish.item_volumes_ml)):
+        assert measured_ml == pytest.approx(expected_ml, rel=0.03)
