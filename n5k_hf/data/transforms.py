@@ -34,7 +34,7 @@ from n5k_hf.geometry.intrinsics import (
     rot90_intrinsics,
     vflip_intrinsics,
 )
-from n5k_hf.geometry.plane import table_ring_mask
+from n5k_hf.geometry.plane import ring_widths_px, table_ring_mask
 
 PATCH_SIZE = 14
 
@@ -77,11 +77,11 @@ def normalize_image(rgb: np.ndarray) -> torch.Tensor:
 
 def _label_tensors(depth_m: np.ndarray, food: np.ndarray, K: np.ndarray) -> dict[str, torch.Tensor]:
     valid = np.isfinite(depth_m) & (depth_m > 0)
-    ring = table_ring_mask(food) & valid if food.any() else valid.copy()
+    ring = table_ring_mask(food, *ring_widths_px(K)) & valid if food.any() else valid.copy()
     return {
         "depth_m": torch.from_numpy(np.where(valid, depth_m, np.nan).astype(np.float32)),
         "valid_mask": torch.from_numpy(valid),
-        "food_mask": torch.from_numpy(food & valid),
+        "food_mask": torch.from_numpy(food),  # not & valid: the volume integrator fills dropouts inside it
         "ring_mask": torch.from_numpy(ring),
         "K": torch.from_numpy(np.asarray(K, dtype=np.float32)),
     }

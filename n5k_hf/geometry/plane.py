@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from n5k_hf.geometry.intrinsics import NUTRITION5K_FOCAL_PX
+
 MIN_PLANE_PIXELS = 30
+
+# Table ring around the food at the Nutrition5k focal length (see ring_widths_px).
+RING_INNER_PX = 10
+RING_OUTER_PX = 40
 """Fewest valid table pixels `fit_table_plane` accepts."""
 
 RANSAC_SAMPLE_SIZE = 1000
@@ -106,7 +112,19 @@ def valid_depth(depth_m: np.ndarray) -> np.ndarray:
         return np.isfinite(depth_m) & (depth_m > 0)
 
 
-def table_ring_mask(mask: np.ndarray, inner_px: int = 10, outer_px: int = 40) -> np.ndarray:
+def ring_widths_px(K: np.ndarray) -> tuple[int, int]:
+    """Ring widths ``(inner_px, outer_px)`` for camera ``K``: 10-40 px at the Nutrition5k focal length.
+
+    About 8-31 mm on a table 0.359 m away; scaled with the focal length in pixels, so a resized,
+    cropped or zoomed image (K updated) rings the same part of the scene.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    scale = 0.5 * (K[0, 0] + K[1, 1]) / NUTRITION5K_FOCAL_PX
+    inner_px = max(1, round(RING_INNER_PX * scale))
+    return inner_px, max(inner_px + 2, round(RING_OUTER_PX * scale))
+
+
+def table_ring_mask(mask: np.ndarray, inner_px: int = RING_INNER_PX, outer_px: int = RING_OUTER_PX) -> np.ndarray:
     """(H, W) bool ring of pixels between ``inner_px`` (exclusive) and ``outer_px`` (inclusive) from ``mask``.
 
     The ring never touches the mask: a gap of ``inner_px`` keeps blurred food edges out of the plane fit.
@@ -197,7 +215,7 @@ def fit_table_plane(
     """
     depth_m, K = _check_depth_and_k(depth_m, K)
     if ring is None:
-        ring = border_frame_mask(depth_m.shape) if mask is None else table_ring_mask(mask)
+        ring = border_frame_mask(depth_m.shape) if mask is None else table_ring_mask(mask, *ring_widths_px(K))
     ring = np.asarray(ring, dtype=bool)
     if ring.shape != depth_m.shape:
         raise ValueError(f"ring shape {ring.shape} differs from depth shape {depth_m.shape}")
