@@ -5,7 +5,8 @@ image processor, the forward, the prediction resized bilinearly to the image siz
 matrix from, in this order, explicit focal lengths or a field of view (source ``"flags"``), the
 EXIF 35 mm-equivalent focal length (``"exif"``, see :func:`resolve_intrinsics`), or the Nutrition5k
 camera scaled to the image size (``"nutrition5k_default"``, with a warning). The table plane is
-fitted once per image on a ring of pixels around ALL the food items (:func:`plane_ring_mask`), and
+fitted once per image on a ring of table pixels around ALL the food items (``fit_table_plane`` with
+the union of the items; its ring widths follow the focal length, 10-40 px at Nutrition5k's), and
 each item's volume is integrated above that plane (``n5k_hf.geometry.measure_food_item``).
 
 Food items (:func:`items_from_mask_files`): with one mask file for an image, each distinct
@@ -33,21 +34,17 @@ from n5k_hf.data.masks import MaskFileError, depth_food_mask, label_items, load_
 from n5k_hf.exif import focal_length_35mm
 from n5k_hf.geometry.depth import depth_m_to_raw, encode_depth_png
 from n5k_hf.geometry.intrinsics import (
-    NUTRITION5K_IMAGE_HW,
     intrinsics_from_35mm_focal,
     intrinsics_from_fov,
     make_intrinsics,
     nutrition5k_intrinsics,
 )
-from n5k_hf.geometry.plane import Plane, fit_table_plane, table_ring_mask
+from n5k_hf.geometry.plane import Plane, fit_table_plane
 from n5k_hf.geometry.volume import VOLUME_METHODS, measure_food_item
 
 logger = logging.getLogger(__name__)
 
 K_SOURCES = ("flags", "exif", "nutrition5k_default")
-RING_INNER_PX = 10
-RING_OUTER_PX = 40
-"""Ring of table pixels around the food at 640 px on the long side; scaled with the image size."""
 
 
 class PredictionInputError(ValueError):
@@ -180,18 +177,6 @@ def items_from_mask_files(mask_paths: Sequence[Path], image: LoadedImage) -> lis
     return items
 
 
-def plane_ring_mask(food_mask: np.ndarray) -> np.ndarray:
-    """(H, W) bool table ring around (H, W) bool ``food_mask``: 10-40 px at 640 px, scaled with the image.
-
-    The ring never touches the food; the width follows ``max(H, W) / 640`` so that it covers the
-    same part of the scene at any resolution.
-    """
-    scale = max(food_mask.shape) / max(NUTRITION5K_IMAGE_HW)
-    inner_px = max(1, round(RING_INNER_PX * scale))
-    outer_px = max(inner_px + 2, round(RING_OUTER_PX * scale))
-    return table_ring_mask(food_mask, inner_px, outer_px)
-
-
 def measure_items(
     depth_m: np.ndarray,
     items: Sequence[FoodItemMask],
@@ -219,7 +204,7 @@ def measure_items(
         return None, []
     food = np.logical_or.reduce([item.mask for item in items])
     try:
-        plane = fit_table_plane(depth_m, K, food, ring=plane_ring_mask(food))
+        plane = fit_table_plane(depth_m, K, food)
     except ValueError as error:
         raise PredictionInputError(
             f"{source}: cannot fit the table plane around the food: {error}"
