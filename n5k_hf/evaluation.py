@@ -3,8 +3,9 @@
 Shared by the training loop's validation and ``scripts/evaluate.py``. Each process measures its
 own samples (prediction upsampled bilinearly to the stored label size, as in the official DAV2
 evaluation; volume from the predicted depth with the table plane fitted on a ring around the food
-mask, by the same integrator as the reference), the per-sample numbers are gathered with
-``gather_for_metrics`` and reduced in dataset order, so 1 and 2 processes give identical results.
+mask, by the same integrator as the reference), the per-sample numbers are gathered, de-duplicated by
+dataset index (the padding of uneven batches) and reduced in dataset order, so 1 and 2 processes
+give identical results.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import csv
 import dataclasses
 import json
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -136,33 +138,69 @@ def evaluate_dataloader(
     gathered: list[torch.Tensor] = []
     kept: list[dict[str, np.ndarray]] = []
     progress = tqdm(dataloader, desc=description, disable=not accelerator.is_local_main_process, leave=False)
-    for batch in progress:
-        pred = predict_depth_m(model, batch["pixel_values"], tuple(batch["depth_m"].shape[-2:])).float()
-        pred_np = pred.cpu().numpy()
-        depth_np = batch["depth_m"].cpu().numpy()
-        valid_np = batch["valid_mask"].cpu().numpy()
-        food_np = batch["food_mask"].cpu().numpy()
-        K_np = batch["K"].cpu().numpy().astype(np.float64)
-        rows = []
-        for i in range(pred_np.shape[0]):
-            row = measure_sample(
-                pred_np[i],
-                depth_np[i],
-                valid_np[i],
-                food_np[i],
-                K_np[i],
-                float(batch["volume_ml"][i]),
-                integrator=integrator,
+
+    def measure_batch(pred_np: np.ndarray, batch: dict[str, Any]) -> np.ndarray:
+        depth_np = batch["depth_m"].numpy()
+        valid_np = batch["valid_mask"].numpy()
+        food_np = batch["food_mask"].numpy()
+        K_np = batch["K"].numpy().astype(np.float64)
+        rows = [
+            np.concatenate(
+                [
+                    [float(batch["index"][i])],
+                    measure_sample(
+                        pred_np[i],
+                        depth_np[i],
+                        valid_np[i],
+                        food_np[i],
+                        K_np[i],
+                        float(batch["volume_ml"][i]),
+                        integrator=integrator,
+                    ),
+                ]
             )
-            rows.append(np.concatenate([[float(batch["index"][i])], row]))
-            if len(kept) < keep_predictions:
-                kept.append(
-                    {"index": int(batch["index"][i]), "pred_depth_m": pred_np[i], "depth_m": depth_np[i]}
-                )
-        local = torch.as_tensor(np.stack(rows), dtype=torch.float64, device=accelerator.device)
-        gathered.append(accelerator.gather_for_metrics(local).cpu())
+            for i in range(pred_np.shape[0])
+        ]
+        return np.stack(rows)
+
+    def gather(pending: Future) -> None:
+        local = torch.as_tensor(pending.result(), dtype=torch.float64, device=accelerator.device)
+        gathered.append(accelerator.gather(local).cpu())
+
+    # Measuring (plane fit, volume, depth metrics: numpy/OpenCV) runs on a worker thread while the
+    # model predicts the next batch. Gathers stay in batch order on every process, one batch behind
+    # the dataloader, so gather_for_metrics (which trims padding by the loader's *current* position)
+    # would trim the wrong batch: the padded duplicates of the last batch are dropped by their
+    # dataset index below instead.
+    pending: Future | None = None
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        for batch in progress:
+            pred_np = (
+                predict_depth_m(model, batch["pixel_values"], tuple(batch["depth_m"].shape[-2:]))
+                .float()
+                .cpu()
+                .numpy()
+            )
+            cpu_batch = {
+                key: value.cpu() if torch.is_tensor(value) else value for key, value in batch.items()
+            }
+            for i in range(pred_np.shape[0]):
+                if len(kept) < keep_predictions:
+                    kept.append(
+                        {
+                            "index": int(cpu_batch["index"][i]),
+                            "pred_depth_m": pred_np[i],
+                            "depth_m": cpu_batch["depth_m"][i].numpy(),
+                        }
+                    )
+            if pending is not None:
+                gather(pending)
+            pending = executor.submit(measure_batch, pred_np, cpu_batch)
+        if pending is not None:
+            gather(pending)
     samples = torch.cat(gathered).numpy() if gathered else np.zeros((0, len(SAMPLE_COLUMNS)))
-    samples = samples[np.argsort(samples[:, 0], kind="stable")]
+    _, first_of_each_index = np.unique(samples[:, 0], return_index=True)
+    samples = samples[first_of_each_index]  # sorted by dataset index, padding duplicates dropped
     metrics = summarise_samples(samples)
     per_dish = []
     if dish_ids is not None and len(samples):
