@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import pytest
 import torch
+from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 
 from n5k_hf.training.config import parse_config
@@ -135,3 +137,51 @@ def test_non_metric_model_is_refused(tmp_path, converted_dataset_dir):
     )
     assert result.returncode == 2
     assert "metric" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_push_to_hub_runs_after_the_card_and_never_sends_checkpoints(
+    converted_dataset_dir, tmp_path, monkeypatch
+):
+    import n5k_hf.hub.upload as upload
+
+    calls = []
+
+    def fake_upload_folder(**kwargs):
+        # what huggingface_hub would send: every file of the folder minus the ignore patterns passed
+        folder = Path(kwargs["folder_path"])
+        every_file = sorted(
+            path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()
+        )
+        sent = list(filter_repo_objects(every_file, ignore_patterns=kwargs["ignore_patterns"]))
+        assert any(name.startswith("checkpoint-") for name in every_file)  # there was something to leave out
+        calls.append({"kwargs": kwargs, "readme_existed": (folder / "README.md").is_file(), "files": sent})
+
+    class FakeApi:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append({"create_repo": repo_id, **kwargs})
+
+        def upload_folder(self, **kwargs):
+            fake_upload_folder(**kwargs)
+
+    monkeypatch.setattr(upload, "HfApi", FakeApi)
+    config = _config(
+        converted_dataset_dir,
+        tmp_path / "out",
+        "--max_train_steps=2",
+        "--checkpointing_steps=1",
+        "--push_to_hub=true",
+        "--hub_model_id=someone/n5k-tiny",
+    )
+    Finetuner(config).run()
+    create, push = calls
+    assert create["create_repo"] == "someone/n5k-tiny"
+    assert push["kwargs"]["repo_id"] == "someone/n5k-tiny"
+    assert push["readme_existed"]
+    sent = {str(path) for path in push["files"]}
+    assert "model.safetensors" in sent and "README.md" in sent
+    assert not [
+        path for path in sent if path.startswith(("checkpoint-", "best_model")) or "optimizer" in path
+    ]
