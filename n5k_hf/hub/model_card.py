@@ -84,9 +84,9 @@ _COUNT_NAMES = {
 # What each n5k_hf.geometry.volume.integrate_volume_ml method does (measured on ray-cast scenes).
 _INTEGRATOR_NOTES = {
     "heightmap": (
-        ": masked pixels are back-projected, expressed in table-plane coordinates and resampled onto a "
-        "square grid (1 mm cells by default; highest point per cell, interior holes filled), "
-        "V = sum of cell area x height. It is the accurate method (within 2 % on ray-cast caps, "
+        ": each masked pixel's footprint on the table plane (half-way to its neighbours; visible side "
+        "walls own none) is rasterised onto 1 mm cells by exact overlap, each cell takes the "
+        "overlap-weighted mean height, and V = sum of cell area x height. It is the accurate method (within 2 % on ray-cast caps, "
         "boxes and cylinders)."
     ),
     "column": (
