@@ -384,3 +384,48 @@ def test_push_to_hub_sends_the_dataset_and_its_card(external: Path, monkeypatch)
         assert f"| {split} | {report['counts'][split]['converted']} |" in card.text
     assert "Synthetic data" in card.text and "heightmap" in card.text
     assert "| skipped: decode_error | 1 |" in card.text
+
+
+def test_push_to_hub_through_datasets_and_huggingface_hub(
+    external: Path, monkeypatch, tmp_path: Path
+) -> None:
+    import n5k_hf.hub.dataset_card as dataset_card_module
+
+    pushed = {}
+    generated = "---\nconfigs:\n- config_name: default\ndataset_info:\n  features: []\n---\n"
+    (tmp_path / "README.md").write_text(generated, encoding="utf-8")
+
+    def fake_dataset_push(self, repo_id, **kwargs):
+        pushed["data"] = (repo_id, {split: len(part) for split, part in self.items()}, kwargs["private"])
+
+    def fake_download(repo_id, filename, **kwargs):
+        return str(tmp_path / filename)
+
+    def fake_card_push(self, repo_id, **kwargs):
+        pushed["card"] = (repo_id, self.content)
+
+    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", fake_dataset_push)
+    monkeypatch.setattr(dataset_card_module, "hf_hub_download", fake_download)
+    monkeypatch.setattr(dataset_card_module.DatasetCard, "push_to_hub", fake_card_push)
+    push_converted_dataset(external, "someone/n5k", private=False)
+    report = json.loads((external / REPORT_NAME).read_text(encoding="utf-8"))
+    assert pushed["data"] == (
+        "someone/n5k",
+        {split: report["counts"][split]["converted"] for split in SPLITS},
+        False,
+    )
+    repo_id, content = pushed["card"]
+    assert repo_id == "someone/n5k"
+    assert "config_name: default" in content and "dataset_info:" in content  # generated metadata kept
+    assert "license: cc-by-4.0" in content and "Nutrition5k" in content
+
+
+def test_a_synthetic_tree_with_another_camera_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "n5k"
+    make_synthetic_nutrition5k(root, 1, seed=4)
+    camera_path = root / "ground_truth" / "camera.json"
+    camera = json.loads(camera_path.read_text(encoding="utf-8"))
+    camera["K"][0][0] = 616.0
+    camera_path.write_text(json.dumps(camera), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"camera\.json: the synthetic dishes were rendered with K="):
+        convert_nutrition5k(root, tmp_path / "out", progress=False)

@@ -104,6 +104,11 @@ def test_external_mask_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_external_mask(tmp_path / "missing.png", (HEIGHT, WIDTH))
 
+    many = tmp_path / "dish_many.png"
+    cv2.imwrite(str(many), np.arange(HEIGHT * WIDTH, dtype=np.uint16).reshape(HEIGHT, WIDTH) % 300)
+    with pytest.raises(MaskFileError, match=r"dish_many\.png: 299 distinct non-zero values; at most 255"):
+        load_external_mask(many, (HEIGHT, WIDTH))
+
 
 # --- mask helpers --------------------------------------------------------------------------------
 

@@ -113,6 +113,9 @@ MIN_VALID_DEPTH_SHARE = 0.05
 SYNTHETIC_MARKER = Path("ground_truth") / "volumes.csv"
 """File that `n5k_hf.data.synthetic.make_synthetic_nutrition5k` writes and the real dataset lacks."""
 
+SYNTHETIC_CAMERA = Path("ground_truth") / "camera.json"
+"""The synthetic generator's camera (``K``, image size)."""
+
 REPORT_NAME = "conversion_report.json"
 VOLUMES_NAME = "volumes.csv"
 WRITER_BATCH_SIZE = 50
@@ -240,6 +243,19 @@ def is_synthetic_root(root: Path | str) -> bool:
     return (Path(root) / SYNTHETIC_MARKER).is_file()
 
 
+def _check_synthetic_camera(root: Path, K: np.ndarray) -> None:
+    """A synthetic tree rendered with another camera would get wrong volumes: refuse it by name."""
+    camera_path = root / SYNTHETIC_CAMERA
+    if not camera_path.is_file():
+        return
+    camera = json.loads(camera_path.read_text(encoding="utf-8"))
+    if not np.allclose(np.asarray(camera["K"], dtype=np.float64), K, rtol=1e-6, atol=1e-6):
+        raise ValueError(
+            f"{camera_path}: the synthetic dishes were rendered with K={camera['K']}, but the converter "
+            f"uses the Nutrition5k camera K={K.tolist()}; regenerate them with the default camera"
+        )
+
+
 def _read_nonempty(path: Path, missing_reason: str) -> bytes:
     if not path.parent.is_dir():
         raise _DishSkipped(missing_reason, path.parent, "dish folder missing")
@@ -274,7 +290,10 @@ def _depth_m_checked(path: Path, data: bytes) -> np.ndarray:
     share = float(valid.mean())
     if share < MIN_VALID_DEPTH_SHARE:
         raise _DishSkipped("no_valid_depth", path, f"{share:.1%} of pixels hold a reading")
-    median_m = float(np.median(depth_m[valid]))
+    # Every 4th pixel of every 4th row: the median of 19,200 samples, 16x cheaper than all of them.
+    sample_m = depth_m[::4, ::4]
+    sample_m = sample_m[np.isfinite(sample_m)]
+    median_m = float(np.median(sample_m if sample_m.size else depth_m[valid]))
     low, high = DEPTH_MEDIAN_RANGE_M
     if not low <= median_m <= high:
         raise _DishSkipped(
@@ -553,6 +572,7 @@ def convert_nutrition5k(
         raise BadDishError(skipped[0])
 
     K = nutrition5k_intrinsics()
+    _check_synthetic_camera(layout.root, K)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch_parent = Path(cache_dir) if cache_dir is not None else output_dir.parent
     scratch_parent.mkdir(parents=True, exist_ok=True)
