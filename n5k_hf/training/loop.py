@@ -455,7 +455,12 @@ class Finetuner:
                 if self.in_stage2(state.global_step) != self.in_stage2(state.global_step - 1):
                     self.apply_stage()
                 if running and state.global_step % config.logging.logging_steps == 0:
-                    logs = {f"train/{k}": float(np.mean([r[k] for r in running])) for k in running[0]}
+                    # Inactive loss terms are NaN in the components: they are left out of the logs.
+                    logs = {
+                        f"train/{key}": value
+                        for key in running[0]
+                        if math.isfinite(value := float(np.mean([r[key] for r in running])))
+                    }
                     for group in self.optimizer.param_groups:
                         logs[f"lr/{group['name']}"] = group["lr"]
                     logs["train/nonfinite_steps"] = state.nonfinite_steps_total
