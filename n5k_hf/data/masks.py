@@ -169,27 +169,24 @@ def load_external_mask(path: Path | str, shape: tuple[int, int]) -> np.ndarray:
             path, "bad_shape", f"{image.shape[1]}x{image.shape[0]} (WxH), expected {shape[1]}x{shape[0]}"
         )
     if image.ndim == 2 and image.dtype in (np.uint8, np.uint16):
-        # Integer grey levels: a lookup table over the values present (linear time, no sort).
-        counts = np.bincount(image.ravel())
-        values = np.flatnonzero(counts)
-        lookup = np.zeros(len(counts), dtype=np.intp)
-        lookup[values] = np.arange(len(values))
-        index = lookup[image]
+        # Integer grey levels index a lookup table directly (linear time, no sort).
+        present = np.flatnonzero(np.bincount(image.ravel()))
+        codes, slots = image, present
     else:
         if image.ndim == 3:
             channels = image[..., :3].astype(np.int64)
-            keys = (channels[..., 0] << 32) | (channels[..., 1] << 16) | channels[..., 2]
-        else:
-            keys = image
-        values, inverse = np.unique(keys, return_inverse=True)
-        index = inverse.reshape(keys.shape)
-    has_background = values[0] == 0
-    num_items = len(values) - int(has_background)
+            image = (channels[..., 0] << 32) | (channels[..., 1] << 16) | channels[..., 2]
+        present, inverse = np.unique(image, return_inverse=True)
+        codes, slots = inverse.reshape(image.shape), np.arange(len(present))
+    has_background = present[0] == 0
+    num_items = len(present) - int(has_background)
     if num_items > MAX_ITEMS:
         raise MaskFileError(
             path, "decode_error", f"{num_items} distinct non-zero values; at most {MAX_ITEMS}"
         )
-    return (index + (0 if has_background else 1)).astype(np.uint8)
+    lookup = np.zeros(int(slots[-1]) + 1, dtype=np.uint8)
+    lookup[slots] = np.arange(len(present)) + (0 if has_background else 1)
+    return lookup[codes]
 
 
 def _support_height_m(heights_m: np.ndarray, config: DepthMaskConfig) -> float | None:
