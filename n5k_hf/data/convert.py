@@ -668,6 +668,8 @@ def _generate_split(
                 cache_dir=str(scratch / "cache"),
                 split=datasets.NamedSplit(split),
                 writer_batch_size=WRITER_BATCH_SIZE,
+                # A fresh fingerprint: the cache is new anyway, and it spares hashing the job with dill.
+                fingerprint=f"n5k-{split}-{uuid.uuid4().hex}",
             )
         except ValueError:
             converted = sum(
