@@ -50,8 +50,9 @@ def print_reference_volumes(root: Path, limit: int = 8) -> None:
 def run_demo(
     output_dir: str | Path,
     *,
-    num_dishes: int = 120,
+    num_dishes: int = 200,
     seed: int = 0,
+    val_fraction: float = 0.2,
     recipe: str | Path = SMOKE_RECIPE,
     overrides: tuple[str, ...] = (),
 ) -> DemoResult:
@@ -69,7 +70,12 @@ def run_demo(
     dataset_dir = output_dir / "dataset"
     print(f"[2/4] converting to a Hugging Face DatasetDict in {dataset_dir} (external masks: ground truth)")
     report = convert_nutrition5k(
-        n5k_root, dataset_dir, masks_dir=n5k_root / "ground_truth" / "masks", num_proc=2, overwrite=True
+        n5k_root,
+        dataset_dir,
+        masks_dir=n5k_root / "ground_truth" / "masks",
+        val_fraction=val_fraction,
+        num_proc=2,
+        overwrite=True,
     )
     print(f"      rows per split {report.converted}, skipped {report.skipped_by_reason or 'none'}")
     seconds["convert"] = time.perf_counter() - start
