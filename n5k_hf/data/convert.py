@@ -19,31 +19,36 @@ Per dish: the files are validated (reason codes `SKIP_REASONS`), the food mask i
 integrator and ``K = nutrition5k_intrinsics()``. The ``image`` and ``depth`` columns hold the
 original PNG bytes (the depth stays bit-exact 16-bit).
 
-Skip reasons (a dish that fails a check is skipped and reported, never silently dropped):
+Skip reasons (a dish that fails a check is skipped and reported, never silently dropped).
+``not_16bit`` and ``plane_fit_failed`` extend the issue's list: an 8-bit depth PNG decodes fine but
+has lost the 1e-4 m units, and ``not_16bit`` says so more precisely than ``decode_error``.
 
-==================== ==================================================================
-``no_metadata``      no parsable row in ``dish_metadata_cafe{1,2}.csv`` (detail: the parser's
-                     message when its row was rejected)
-``missing_rgb``      ``rgb.png`` missing (also when the whole dish folder is missing)
-``missing_depth``    ``depth_raw.png`` missing
-``empty_file``       ``rgb.png``, ``depth_raw.png`` or the external mask is 0 bytes
-``decode_error``     a PNG that cannot be decoded (truncated, corrupt)
-``not_16bit``        ``depth_raw.png`` decodes but is not single-channel 16-bit (e.g. 8-bit)
-``bad_shape``        image not 640x480, rgb and depth sizes differ, or an external mask of
-                     another size
-``no_valid_depth``   fewer than `MIN_VALID_DEPTH_SHARE` of the depth pixels hold a reading
+======================= ==============================================================
+``no_metadata``         no parsable row in ``dish_metadata_cafe{1,2}.csv`` (detail: the
+                        parser's message when its row was rejected)
+``missing_rgb``         ``rgb.png`` missing (also when the whole dish folder is missing)
+``missing_depth``       ``depth_raw.png`` missing
+``empty_file``          ``rgb.png``, ``depth_raw.png`` or the external mask is 0 bytes
+``decode_error``        a PNG that cannot be decoded (truncated, corrupt)
+``not_16bit``           ``depth_raw.png`` decodes but is not single-channel 16-bit (8-bit)
+``bad_shape``           image not 640x480 (rgb or depth), or an external mask of another size
+``no_valid_depth``      fewer than `MIN_VALID_DEPTH_SHARE` of the depth pixels hold a reading
 ``depth_scale_suspect`` median valid depth outside `DEPTH_MEDIAN_RANGE_M` (0.2-0.45 m; the
-                     camera is 0.359 m above the table), e.g. values 10x too small
-``empty_mask``       the food mask holds no pixel (external mask all 0, or nothing found on
-                     the support by the depth fallback)
-``plane_fit_failed`` too few valid table pixels around the food to fit the plane
-==================== ==================================================================
+                        camera is 0.359 m above the table), e.g. values 10x too small
+``empty_mask``          the food mask holds no pixel (external mask all 0, or nothing found
+                        on the support by the depth fallback)
+``plane_fit_failed``    too few valid table pixels around the food to fit the plane
+======================= ==============================================================
+
+The report records ``synthetic: true`` when the tree holds the synthetic generator's
+`SYNTHETIC_MARKER` (``ground_truth/volumes.csv``), plus the integrator, K and the mask settings.
 
 Output safety: the dataset is written into a fresh ``OUT.tmp-*`` folder next to ``OUT`` and renamed
 to ``OUT`` only when complete, so a killed run never leaves a half dataset at ``OUT``; an existing
 ``OUT`` is refused unless ``overwrite=True``, and then replaced only after the new one is complete.
 The ``datasets`` cache used while generating is a fresh ``OUT.cache-*`` folder (or one inside
-``cache_dir``), removed afterwards, so a rerun never reuses stale rows.
+``cache_dir``), removed afterwards, so a rerun never reuses stale rows. A killed process cannot
+clean up: its ``OUT.tmp-*`` and ``OUT.cache-*`` folders stay behind (never loadable as ``OUT``).
 """
 
 from __future__ import annotations
