@@ -89,20 +89,30 @@ def _check_depth_and_k(depth_m: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, 
     return depth_m, K
 
 
+def _ray_components(
+    K: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, y, z of ``K^-1 (u, v, 1)`` by broadcasting ``rows`` against ``cols`` (no matrix product:
+    a multi-threaded BLAS call per frame costs more than it saves at this size)."""
+    K_inv = np.linalg.inv(np.asarray(K, dtype=np.float64))
+    rows = np.asarray(rows, dtype=np.float64)
+    cols = np.asarray(cols, dtype=np.float64)
+    x, y, z = (K_inv[i, 0] * cols + K_inv[i, 1] * rows + K_inv[i, 2] for i in range(3))
+    return x, y, z
+
+
 def pixel_directions(K: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """(N, 3) rays ``K^-1 (u, v, 1)`` of the pixels at ``rows`` (v) and ``cols`` (u), each (N,); z = 1."""
-    K_inv = np.linalg.inv(np.asarray(K, dtype=np.float64))
-    pixels = np.stack([cols, rows, np.ones(len(rows))], axis=1).astype(np.float64)
-    return pixels @ K_inv.T
+    x, y, z = _ray_components(K, rows, cols)
+    return np.stack(np.broadcast_arrays(x, y, z), axis=-1)
 
 
 def backproject(depth_m: np.ndarray, K: np.ndarray) -> np.ndarray:
     """(H, W) depth in metres -> (H, W, 3) camera-frame points ``Z * K^-1 (u, v, 1)`` (NaN stays NaN)."""
     depth_m, K = _check_depth_and_k(depth_m, K)
     height, width = depth_m.shape
-    rows, cols = np.mgrid[0:height, 0:width]
-    rays = pixel_directions(K, rows.ravel(), cols.ravel()).reshape(height, width, 3)
-    return rays * depth_m[..., None]
+    x, y, z = _ray_components(K, np.arange(height)[:, None], np.arange(width)[None, :])
+    return np.stack([x * depth_m, y * depth_m, z * depth_m], axis=-1)
 
 
 def valid_depth(depth_m: np.ndarray) -> np.ndarray:
@@ -124,7 +134,9 @@ def ring_widths_px(K: np.ndarray) -> tuple[int, int]:
     return inner_px, max(inner_px + 2, round(RING_OUTER_PX * scale))
 
 
-def table_ring_mask(mask: np.ndarray, inner_px: int = RING_INNER_PX, outer_px: int = RING_OUTER_PX) -> np.ndarray:
+def table_ring_mask(
+    mask: np.ndarray, inner_px: int = RING_INNER_PX, outer_px: int = RING_OUTER_PX
+) -> np.ndarray:
     """(H, W) bool ring of pixels between ``inner_px`` (exclusive) and ``outer_px`` (inclusive) from ``mask``.
 
     The ring never touches the mask: a gap of ``inner_px`` keeps blurred food edges out of the plane fit.
