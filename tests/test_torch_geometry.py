@@ -18,11 +18,17 @@ from n5k_hf.geometry import (
     table_ring_mask,
 )
 from n5k_hf.geometry.torch_ops import (
+    RAY_PARALLEL_THRESHOLD,
     backproject_torch,
+    fit_plane_to_depth_torch,
     fit_plane_weighted_torch,
+    float_mask_torch,
     frustum_volume_ml_torch,
+    frustum_volume_to_table_ml_torch,
     height_above_plane_torch,
+    pixel_rays_torch,
     plane_depth_along_rays_torch,
+    separable_rays_torch,
 )
 
 FOCAL_PX = 465.14
@@ -287,6 +293,137 @@ def test_shape_errors_name_the_argument():
         backproject_torch(torch.ones((2, 4, 4)), torch.eye(3)[None])
     with pytest.raises(ValueError, match="weights must have shape"):
         fit_plane_weighted_torch(torch.ones((1, 4, 4, 3)), torch.ones((1, 4, 5)))
+
+
+def skewed_cameras(dtype=torch.float64) -> torch.Tensor:
+    """Two 64 x 48 cameras with different principal points, the second with a skew of 3 px."""
+    K = camera(batch=2, cx=31.5, cy=23.5, dtype=dtype)
+    K[:, :2, :2] /= 10  # focal 46.514 px: the 64 x 48 image spans the Nutrition5k field of view
+    K[1, 0, 2], K[1, 1, 2], K[1, 0, 1] = 28.0, 26.0, 3.0
+    return K
+
+
+def tilted_noisy_depth(K: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """(2, 48, 64) depth of the tables z = 0.36 + 0.08 x - 0.05 y (image 0) and z = 0.3 - 0.1 x
+    (image 1) along each ray, with 1 mm noise and invalid pixels (NaN, 0, negative)."""
+    rays = pixel_rays_torch(K, 48, 64)
+    slopes = torch.tensor([[0.08, -0.05, 0.36], [-0.1, 0.0, 0.3]], dtype=K.dtype)
+    # z = c + a x + b y on the ray Z (rx, ry, 1): Z = c / (1 - a rx - b ry)
+    depth_m = slopes[:, 2, None, None] / (
+        1 - slopes[:, 0, None, None] * rays[..., 0] - slopes[:, 1, None, None] * rays[..., 1]
+    )
+    generator = torch.Generator().manual_seed(seed)
+    depth_m = depth_m + 1e-3 * torch.randn(depth_m.shape, generator=generator, dtype=K.dtype)
+    depth_m[0, 5, 7], depth_m[0, 6, 7], depth_m[1, 9, 9] = math.nan, 0.0, -0.2
+    return depth_m
+
+
+def test_separable_rays_are_the_pixel_rays():
+    K = skewed_cameras()
+    rays = separable_rays_torch(K, 48, 64)
+    full = pixel_rays_torch(K, 48, 64)
+    assert rays.column_x.shape == (2, 1, 64) and rays.row_y.shape == (2, 48, 1)
+    torch.testing.assert_close(rays.column_x + rays.shear * rays.row_y, full[..., 0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(rays.row_y.expand(2, 48, 64), full[..., 1], rtol=0, atol=1e-15)
+    # pixel (u=40, v=3) of camera 1: y/z = (3 - 26) / f, x/z = (40 - 28 - 3 y/z) / f
+    focal_px = FOCAL_PX / 10
+    y_over_z = (3 - 26) / focal_px
+    assert full[1, 3, 40, 0].item() == pytest.approx((40 - 28 - 3 * y_over_z) / focal_px, rel=1e-12)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_fit_plane_to_depth_equals_the_point_cloud_fit(dtype, tolerance):
+    K = skewed_cameras(dtype)
+    depth_m = tilted_noisy_depth(K)
+    generator = torch.Generator().manual_seed(1)
+    weights = torch.rand((2, 48, 64), generator=generator, dtype=dtype) * 2 - 0.5  # some negative
+    expected = fit_plane_weighted_torch(backproject_torch(depth_m, K), weights)
+    fitted = fit_plane_to_depth_torch(depth_m, K, weights)
+    for got, want in zip(fitted, expected, strict=True):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=tolerance)
+    # the fitted tables: 1 mm noise moves the slopes by ~1e-3 at most
+    normal, offset_m = fitted
+    slopes = -normal[:, :2] / normal[:, 2:]
+    intercepts = -offset_m / normal[:, 2]
+    torch.testing.assert_close(
+        slopes, torch.tensor([[0.08, -0.05], [-0.1, 0.0]], dtype=dtype), rtol=0, atol=2e-3
+    )
+    torch.testing.assert_close(intercepts, torch.tensor([0.36, 0.3], dtype=dtype), rtol=0, atol=1e-3)
+    bool_weights = weights > 0.5
+    expected = fit_plane_weighted_torch(backproject_torch(depth_m, K), bool_weights)
+    for got, want in zip(fit_plane_to_depth_torch(depth_m, K, bool_weights), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=tolerance)
+
+
+def test_fit_plane_to_depth_gradcheck_with_skew_and_shared_rays():
+    K = skewed_cameras()[:, :, :]
+    generator = torch.Generator().manual_seed(2)
+    depth_m = (0.35 + 0.01 * torch.rand((2, 4, 5), generator=generator, dtype=torch.float64)).requires_grad_(
+        True
+    )
+    weights = (0.1 + torch.rand((2, 4, 5), generator=generator, dtype=torch.float64)).requires_grad_(True)
+    rays = separable_rays_torch(K, 4, 5)
+
+    def fit(depth, w):
+        return fit_plane_to_depth_torch(depth, K, w, rays=rays)
+
+    assert torch.autograd.gradcheck(fit, (depth_m, weights))
+    with pytest.raises(ValueError, match="rays must be separable_rays_torch"):
+        fit_plane_to_depth_torch(depth_m, K, weights, rays=separable_rays_torch(K, 5, 4))
+
+
+def test_fit_plane_to_depth_empty_fallback_matches_the_point_cloud_fit():
+    K = camera(batch=2, cx=3.5, cy=3.5)
+    depth_m = torch.full((2, 8, 8), 0.30, dtype=torch.float64)
+    depth_m[0, :4] = 0.50
+    depth_m[0, 0, 0] = math.nan
+    depth_m[1] = math.nan
+    weights = torch.zeros((2, 8, 8), dtype=torch.float64)
+    weights[1, 2, 2] = 1.0  # a weight on a NaN depth is no point either
+    depth_m.requires_grad_(True)
+    normal, offset_m = fit_plane_to_depth_torch(depth_m, K, weights)
+    torch.testing.assert_close(normal, torch.tensor([[0.0, 0.0, -1.0]] * 2, dtype=torch.float64))
+    assert offset_m.tolist() == pytest.approx([0.30, 0.0])  # median of 31 x 0.5 and 32 x 0.3; none
+    (offset_m.sum() + normal.sum()).backward()
+    assert torch.isfinite(depth_m.grad).all()
+
+
+def test_plane_depth_along_rays_that_miss_the_plane():
+    # the plane x - 0.5 z + 0.2 = 0 (normalised): along the ray (x/z, y/z, 1), Z = 0.2 / (0.5 - x/z),
+    # met only where x/z < 0.5, i.e. columns u < 320 + 0.5 f = 552.57
+    K = camera(cx=320.0, cy=240.0)
+    norm = math.sqrt(1.25)
+    normal = torch.tensor([[1.0, 0.0, -0.5]], dtype=torch.float64) / norm
+    offset_m = torch.tensor([0.2], dtype=torch.float64) / norm
+    depth_m = plane_depth_along_rays_torch(K, normal, offset_m, 480, 640)
+    assert depth_m[0, 100, 320].item() == pytest.approx(0.4, rel=1e-12)
+    assert depth_m[0, 7, 552].item() == pytest.approx(0.2 / (0.5 - 232 / FOCAL_PX), rel=1e-9)
+    assert depth_m[0, 7, 552].item() == pytest.approx(163.207, abs=1e-3)  # almost parallel: 0.2 m / 0.001225
+    assert (depth_m[:, :, 553:] == 0).all()
+    rays = pixel_rays_torch(K, 480, 640)
+    normal_dot_ray = (rays * normal[:, None, None, :]).sum(dim=-1)
+    meets = normal_dot_ray < -RAY_PARALLEL_THRESHOLD
+    expected = torch.where(meets, -offset_m / torch.where(meets, normal_dot_ray, -1.0), 0.0)
+    torch.testing.assert_close(depth_m, expected, rtol=1e-12, atol=0)
+    # the same plane behind the camera (d < 0) is met nowhere in front of it
+    assert (plane_depth_along_rays_torch(K, normal, -offset_m, 480, 640) == 0).all()
+
+
+def test_frustum_volume_to_table_depth_and_float_masks():
+    depth_m, mask = centred_box_scene()
+    K = camera()
+    table_depth_m = torch.full_like(depth_m, TABLE_DEPTH_M)
+    per_pixel_ml = (0.359**3 - 0.309**3) / (3 * FOCAL_PX**2) * 1e6
+    volume_ml = frustum_volume_to_table_ml_torch(depth_m, table_depth_m, mask, K)
+    assert volume_ml.item() == pytest.approx(15000 * per_pixel_ml, rel=1e-9)
+    half_ml = frustum_volume_to_table_ml_torch(depth_m, table_depth_m, 0.5 * float_mask_torch(mask), K)
+    assert half_ml.item() == pytest.approx(7500 * per_pixel_ml, rel=1e-9)
+    with pytest.raises(ValueError, match="table_depth_m must have shape"):
+        frustum_volume_to_table_ml_torch(depth_m, table_depth_m[:, 1:], mask, K)
+    as_float = float_mask_torch(torch.tensor([True, False, True]))
+    assert as_float.dtype == torch.float32 and as_float.tolist() == [1.0, 0.0, 1.0]
+    assert float_mask_torch(torch.tensor([0.25]), torch.float64).tolist() == [0.25]
 
 
 def render_scene(solids, tilt_deg: float = 0.0):
