@@ -7,11 +7,14 @@ import math
 import pytest
 import torch
 
+from n5k_hf.geometry.torch_ops import backproject_torch, fit_plane_weighted_torch, pixel_rays_torch
 from n5k_hf.losses import (
     CompositeDepthLoss,
+    fit_ring_planes,
     gradient_matching_loss,
     plane_loss,
     silog_loss,
+    valid_target_mask,
     volume_loss,
 )
 
@@ -189,11 +192,168 @@ def test_composite_loss_is_the_weighted_sum_and_volume_starts_late():
     late, late_parts = loss_fn(pred, target, valid, food, ring, K, step=100)
     assert not any(value.requires_grad for value in parts.values())
     assert parts["plane"].item() == pytest.approx(0.1, rel=1e-4)  # table 10% further everywhere
-    assert parts["volume"].item() > 0.05
+    assert math.isnan(parts["volume"].item())  # not active before step 100: not computed
+    assert late_parts["volume"].item() > 0.05
     expected_early = parts["silog"].item() + 0.1 * parts["grad"].item() + 0.05 * parts["plane"].item()
     assert early.item() == pytest.approx(expected_early, rel=1e-6)
     assert late.item() == pytest.approx(early.item() + 0.5 * late_parts["volume"].item(), rel=1e-6)
-    assert torch.allclose(torch.stack(list(parts.values())), torch.stack(list(late_parts.values())))
+    always_active = ["silog", "grad", "plane"]
+    assert torch.allclose(
+        torch.stack([parts[name] for name in always_active]),
+        torch.stack([late_parts[name] for name in always_active]),
+    )
+
+
+def tilted_batch(height: int = 48, width: int = 64):
+    """box_batch's scene on a different tilted table in each image (z = 0.359 + a x + b y), with NaN
+    holes in the target, pixels dropped by the valid mask, and a noisy prediction."""
+    _, valid, food, ring, K = box_batch(batch=2, height=height, width=width)
+    rays = pixel_rays_torch(K, height, width)
+    slopes = torch.tensor([[0.1, -0.05], [-0.08, 0.12]])
+    # z = z0 + a x + b y on the ray Z (rx, ry, 1): Z = z0 / (1 - a rx - b ry)
+    table_m = TABLE_DEPTH_M / (
+        1 - slopes[:, 0, None, None] * rays[..., 0] - slopes[:, 1, None, None] * rays[..., 1]
+    )
+    scene_m = torch.where(food, table_m - 0.03, table_m)
+    generator = torch.Generator().manual_seed(3)
+    pred = scene_m * (1 + 0.05 * torch.randn(scene_m.shape, generator=generator)) + 0.01
+    target = scene_m.clone()
+    target[0, 10, 10:20] = math.nan  # ring pixels without depth
+    target[1, 20, 30] = math.nan  # a food pixel without depth
+    valid = valid.clone()
+    valid[1, 20:24, 8:12] = False  # ring pixels left out by the valid mask
+    return pred, target, valid, food, ring, K
+
+
+def test_composite_loss_equals_the_weighted_standalone_losses():
+    pred, target, valid, food, ring, K = tilted_batch()
+    weights = {"silog": 1.0, "grad": 0.1, "plane": 0.05, "volume": 0.2}
+    depth_range = {"min_depth_m": 0.01, "max_depth_m": 0.5}
+    loss_fn = CompositeDepthLoss(
+        w_silog=1.0, w_grad=0.1, w_plane=0.05, w_volume=0.2, food_weight=5.0, **depth_range
+    )
+    pred_composite = pred.clone().requires_grad_(True)
+    total, components = loss_fn(pred_composite, target, valid, food, ring, K)
+    p = pred.clone().requires_grad_(True)
+    standalone = {
+        "silog": silog_loss(p, target, valid, food_mask=food, food_weight=5.0, **depth_range),
+        "grad": gradient_matching_loss(p, target, valid, **depth_range),
+        "plane": plane_loss(p, target, valid, ring, K, food_mask=food, **depth_range),
+        "volume": volume_loss(p, target, valid, food, ring, K, **depth_range),
+    }
+    assert all(value.item() > 0.01 for value in standalone.values())
+    for name, value in standalone.items():
+        assert components[name].item() == pytest.approx(value.item(), rel=1e-6), name
+    expected = sum(weights[name] * value for name, value in standalone.items())
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    total.backward()
+    expected.backward()
+    torch.testing.assert_close(pred_composite.grad, p.grad, rtol=1e-5, atol=1e-9)
+    # planes= reuses one fit for both terms: the same values
+    planes = fit_ring_planes(p, target, valid, ring, K, **depth_range)
+    reused_plane = plane_loss(p, target, valid, ring, K, food_mask=food, planes=planes, **depth_range)
+    reused_volume = volume_loss(p, target, valid, food, ring, K, planes=planes, **depth_range)
+    assert reused_plane.item() == pytest.approx(standalone["plane"].item(), rel=1e-7)
+    assert reused_volume.item() == pytest.approx(standalone["volume"].item(), rel=1e-7)
+
+
+def reference_plane_and_volume_losses(pred, target, valid, food, ring, K):
+    """plane_loss and volume_loss written out on point clouds and (B, H, W, 3) rays in float64, for
+    batches where every image has a ring and food and every ray meets both tables."""
+    valid = valid_target_mask(target, valid)
+    pred, target, K = pred.double(), target.double(), K.double()
+    ring_weights = (ring & valid).double()
+    pred_normal, pred_offset = fit_plane_weighted_torch(backproject_torch(pred, K), ring_weights)
+    ref_points = backproject_torch(torch.where(valid, target, math.nan), K)
+    ref_normal, ref_offset = fit_plane_weighted_torch(ref_points, ring_weights)
+    rays = pixel_rays_torch(K, *pred.shape[1:])
+    pred_table = -pred_offset[:, None, None] / (rays * pred_normal[:, None, None, :]).sum(dim=-1)
+    ref_table = -ref_offset[:, None, None] / (rays * ref_normal[:, None, None, :]).sum(dim=-1)
+    region = (ring | food).double()
+    plane = (
+        ((pred_table - ref_table).abs() / ref_table * region).sum(dim=(1, 2)) / region.sum(dim=(1, 2))
+    ).mean()
+    food_valid = food & valid
+    per_pixel = 3 * K[:, 0, 0] * K[:, 1, 1] / 1e6  # mL per m^3 of Z_table^3 - Z^3
+
+    def volume_ml(depth, table):
+        slices = torch.where(
+            food_valid, (table**3 - torch.where(food_valid, depth, 0.0) ** 3).clamp_min(0), 0.0
+        )
+        return slices.sum(dim=(1, 2)) / per_pixel
+
+    ref_ml = volume_ml(target, ref_table)
+    volume = ((volume_ml(pred, pred_table) - ref_ml).abs() / (ref_ml + 1.0)).mean()
+    return plane, volume
+
+
+def test_plane_and_volume_losses_match_the_point_cloud_reference():
+    pred, target, valid, food, ring, K = tilted_batch()
+    p = pred.clone().requires_grad_(True)
+    p_reference = pred.double().requires_grad_(True)
+    plane_reference, volume_reference = reference_plane_and_volume_losses(
+        p_reference, target, valid, food, ring, K
+    )
+    plane = plane_loss(p, target, valid, ring, K, food_mask=food)
+    volume = volume_loss(p, target, valid, food, ring, K)
+    assert plane.item() == pytest.approx(plane_reference.item(), rel=2e-5)
+    assert volume.item() == pytest.approx(volume_reference.item(), rel=2e-5)
+    assert plane.item() > 0.005 and volume.item() > 0.05
+    for loss, reference in ((plane, plane_reference), (volume, volume_reference)):
+        (grad,) = torch.autograd.grad(loss, p)
+        (grad_reference,) = torch.autograd.grad(reference, p_reference, retain_graph=True)
+        scale = grad_reference.abs().max().item()
+        assert scale > 0
+        torch.testing.assert_close(grad.double(), grad_reference, rtol=0, atol=1e-5 * scale)
+
+
+def test_gradient_matching_value_and_gradient_match_the_autograd_reference():
+    pred, target, valid, _, _, _ = tilted_batch()
+    valid = valid_target_mask(target, valid)
+    p = pred.clone().requires_grad_(True)
+    p_reference = pred.double().requires_grad_(True)
+    loss = gradient_matching_loss(p, target, valid)
+    # the formula with autograd through slices and torch.where
+    residual = torch.where(valid, torch.log(p_reference) - torch.log(torch.where(valid, target, 1.0)), 0.0)
+    reference = 0.0
+    for scale in range(4):
+        r, v = residual[:, :: 2**scale, :: 2**scale], valid[:, :: 2**scale, :: 2**scale]
+        pair_x, pair_y = v[:, :, 1:] & v[:, :, :-1], v[:, 1:, :] & v[:, :-1, :]
+        sum_x = torch.where(pair_x, (r[:, :, 1:] - r[:, :, :-1]).abs(), 0.0).sum()
+        sum_y = torch.where(pair_y, (r[:, 1:, :] - r[:, :-1, :]).abs(), 0.0).sum()
+        reference = reference + (sum_x + sum_y) / (pair_x.sum() + pair_y.sum()) / 4
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert loss.item() > 0.01
+    (grad,) = torch.autograd.grad(loss, p)
+    (grad_reference,) = torch.autograd.grad(reference, p_reference)
+    torch.testing.assert_close(
+        grad.double(), grad_reference, rtol=1e-4, atol=1e-4 * grad_reference.abs().max().item()
+    )
+
+
+def test_inactive_terms_are_nan_and_left_out_of_the_total():
+    pred, target, valid, food, ring, K = tilted_batch()
+    pred.requires_grad_(True)
+    loss_fn = CompositeDepthLoss(
+        w_silog=1.0, w_grad=0.0, w_plane=0.05, w_volume=0.5, volume_loss_start_step=10
+    )
+    total, components = loss_fn(pred, target, valid, food, ring, K, step=9)
+    assert math.isnan(components["grad"].item())  # weight 0
+    assert math.isnan(components["volume"].item())  # starts at step 10
+    expected = silog_loss(pred, target, valid) + 0.05 * plane_loss(
+        pred, target, valid, ring, K, food_mask=food
+    )
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert components["silog"].item() == pytest.approx(silog_loss(pred, target, valid).item(), rel=1e-6)
+    total.backward()
+    assert torch.isfinite(pred.grad).all()
+    # every weight 0: the total is exactly 0 and still differentiable; every component is NaN
+    nothing, parts = CompositeDepthLoss(w_silog=0.0, w_grad=0.0, w_plane=0.0)(
+        pred, target, valid, food, ring, K
+    )
+    assert nothing.item() == 0.0
+    assert all(math.isnan(value.item()) for value in parts.values())
+    nothing.backward()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
