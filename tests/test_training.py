@@ -139,20 +139,57 @@ def test_validation_is_identical_with_one_and_two_processes(converted_dataset_di
     assert validation["one"]["num_dishes"] == 6
 
 
-def test_killed_run_resumes_to_the_same_weights(converted_dataset_dir: Path, tmp_path: Path):
-    """SIGKILL at the first checkpoint (or mid-write), resume from latest: same final weights."""
-    args = (
-        "--max_train_steps=10",
-        "--stage1_epochs=1",
-        "--checkpointing_steps=2",
-        "--checkpoints_total_limit=2",
-    )
-    reference_dir = tmp_path / "uninterrupted"
-    run(finetune_command(converted_dataset_dir, reference_dir, *args))
+RESUME_ARGS = (
+    "--max_train_steps=10",
+    "--stage1_epochs=1",
+    "--checkpointing_steps=2",
+    "--checkpoints_total_limit=2",
+)
 
+# Runs recipes/finetune.py, but the process kills itself half-way through writing checkpoint-4.
+DIE_WHILE_SAVING = """
+import os, runpy, signal, sys
+from accelerate import Accelerator
+original_save_state = Accelerator.save_state
+def save_state_then_die(self, output_dir=None, **kwargs):
+    if str(output_dir).endswith("checkpoint-4.tmp"):
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "model.safetensors"), "wb") as handle:
+            handle.write(b"half a file")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original_save_state(self, output_dir, **kwargs)
+Accelerator.save_state = save_state_then_die
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(converted_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output_dir = tmp_path_factory.mktemp("uninterrupted") / "model"
+    run(finetune_command(converted_dataset_dir, output_dir, *RESUME_ARGS))
+    return output_dir
+
+
+def assert_same_final_weights(reference_dir: Path, resumed_dir: Path) -> None:
+    for relative in ("checkpoint-10/model.safetensors", "model.safetensors"):
+        reference = model_tensors(reference_dir / relative)
+        resumed = model_tensors(resumed_dir / relative)
+        assert reference.keys() == resumed.keys()
+        for key in reference:
+            assert torch.equal(reference[key], resumed[key]), f"{relative}: {key}"
+    assert json.loads((reference_dir / "training_history.json").read_text()) == json.loads(
+        (resumed_dir / "training_history.json").read_text()
+    )
+
+
+def test_killed_run_resumes_to_the_same_weights(
+    converted_dataset_dir: Path, uninterrupted_run: Path, tmp_path: Path
+):
+    """SIGKILL right after the first checkpoint appears, resume from latest: bit-identical weights."""
     killed_dir = tmp_path / "killed"
     process = subprocess.Popen(
-        finetune_command(converted_dataset_dir, killed_dir, *args),
+        finetune_command(converted_dataset_dir, killed_dir, *RESUME_ARGS),
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -166,15 +203,23 @@ def test_killed_run_resumes_to_the_same_weights(converted_dataset_dir: Path, tmp
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (killed_dir / "model.safetensors").exists()
 
-    run(finetune_command(converted_dataset_dir, killed_dir, *args, "--resume_from_checkpoint=latest"))
-    reference = model_tensors(reference_dir / "checkpoint-10" / "model.safetensors")
-    resumed = model_tensors(killed_dir / "checkpoint-10" / "model.safetensors")
-    assert reference.keys() == resumed.keys()
-    for key in reference:
-        assert torch.equal(reference[key], resumed[key]), key
-    final_reference = model_tensors(reference_dir / "model.safetensors")
-    final_resumed = model_tensors(killed_dir / "model.safetensors")
-    assert all(torch.equal(final_reference[key], final_resumed[key]) for key in final_reference)
-    assert json.loads((reference_dir / "training_history.json").read_text()) == json.loads(
-        (killed_dir / "training_history.json").read_text()
+    run(finetune_command(converted_dataset_dir, killed_dir, *RESUME_ARGS, "--resume_from_checkpoint=latest"))
+    assert_same_final_weights(uninterrupted_run, killed_dir)
+
+
+def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(
+    converted_dataset_dir: Path, uninterrupted_run: Path, tmp_path: Path
+):
+    killed_dir = tmp_path / "killed"
+    command = finetune_command(converted_dataset_dir, killed_dir, *RESUME_ARGS)
+    died = subprocess.run(
+        [sys.executable, "-c", DIE_WHILE_SAVING, *command[1:]], cwd=REPO_ROOT, capture_output=True
     )
+    assert died.returncode == -signal.SIGKILL
+    assert (killed_dir / "checkpoint-4.tmp" / "model.safetensors").read_bytes() == b"half a file"
+    assert [path.name for path in killed_dir.glob("checkpoint-*") if path.is_dir()] != []
+    assert not (killed_dir / "checkpoint-4").exists()
+
+    run(finetune_command(converted_dataset_dir, killed_dir, *RESUME_ARGS, "--resume_from_checkpoint=latest"))
+    assert not list(killed_dir.glob("*.tmp")), "the half-written checkpoint was not cleaned up"
+    assert_same_final_weights(uninterrupted_run, killed_dir)
