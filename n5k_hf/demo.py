@@ -50,7 +50,7 @@ def print_reference_volumes(root: Path, limit: int = 8) -> None:
 def run_demo(
     output_dir: str | Path,
     *,
-    num_dishes: int = 200,
+    num_dishes: int = 400,
     seed: int = 0,
     val_fraction: float = 0.2,
     recipe: str | Path = SMOKE_RECIPE,

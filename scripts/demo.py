@@ -15,7 +15,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output-dir", default="outputs/demo")
-    parser.add_argument("--num-dishes", type=int, default=200)
+    parser.add_argument("--num-dishes", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipe", default=str(SMOKE_RECIPE))
     args, overrides = parser.parse_known_args()
