@@ -51,7 +51,9 @@ def test_rotation_never_deletes_newest_or_best(tmp_path):
 
 
 def test_lr_lambda_values():
-    poly = build_lr_lambda(scheduler_type="poly", total_steps=100, warmup_steps=10, stage2_start_step=50, stage2_scale=0.5)
+    poly = build_lr_lambda(
+        scheduler_type="poly", total_steps=100, warmup_steps=10, stage2_start_step=50, stage2_scale=0.5
+    )
     assert poly(0) == pytest.approx(0.1)
     assert poly(9) == pytest.approx(1.0)
     assert poly(20) == pytest.approx(0.8**0.9)

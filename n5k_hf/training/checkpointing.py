@@ -69,7 +69,9 @@ def publish_checkpoint(temporary: Path, final: Path) -> None:
     temporary.rename(final)
 
 
-def rotate_checkpoints(output_dir: str | Path, total_limit: int | None, *, keep_steps: set[int] = frozenset()) -> list[Path]:
+def rotate_checkpoints(
+    output_dir: str | Path, total_limit: int | None, *, keep_steps: set[int] = frozenset()
+) -> list[Path]:
     """Deletes the oldest checkpoints beyond ``total_limit``; never the newest nor ``keep_steps``.
 
     Returns the deleted folders. ``keep_steps`` holds e.g. the step of the best checkpoint; protected
