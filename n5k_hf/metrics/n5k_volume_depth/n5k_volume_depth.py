@@ -10,6 +10,7 @@ import datasets
 import evaluate
 import numpy as np
 
+from n5k_hf.hub.dataset_card import NUTRITION5K_BIBTEX
 from n5k_hf.metrics.depth import DepthMetricsAccumulator, flatten_metrics
 from n5k_hf.metrics.volume import volume_metrics
 
@@ -33,15 +34,7 @@ Returns "{region}/{metric}" for region in (food, image) and the metrics of
 n5k_hf.metrics.DEPTH_METRIC_NAMES, plus "{region}/num_images" and "{region}/num_skipped".
 """
 
-_CITATION = """\
-@inproceedings{thames2021nutrition5k,
-  title={Nutrition5k: Towards Automatic Nutritional Understanding of Generic Food},
-  author={Thames, Quin and Karpur, Arjun and Norris, Wade and Xia, Fangting and Panait, Liviu and Weyand, Tobias and Sim, Jack},
-  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  pages={8903--8911},
-  year={2021}
-}
-"""
+_CITATION = NUTRITION5K_BIBTEX + "\n"
 
 _CONFIG_NAMES = ("volume", "depth")
 
