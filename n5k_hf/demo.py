@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,7 @@ def run_demo(
 
     start = time.perf_counter()
     model_dir = output_dir / "model"
-    print(f"[3/4] fine-tuning with {recipe} into {model_dir}")
+    print(f"[3/4] fine-tuning with {os.path.relpath(recipe)} into {model_dir}")
     config = parse_config(
         [
             "--config",
