@@ -254,7 +254,6 @@ class Finetuner:
         )
 
         if accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "finetune_config.yaml").write_text(
                 yaml.safe_dump(config.to_dict(), sort_keys=False)
             )
