@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from n5k_hf.benchmarks.evaluate import synthetic_eval_dataset
 from n5k_hf.cli import exit_on_user_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +43,7 @@ def _fresh_accelerate_state():
 
 @pytest.fixture(scope="module")
 def split() -> datasets.Dataset:
-    return _load_script("benchmark_evaluate").synthetic_eval_dataset(
-        NUM_DISHES, 7, height_px=240, width_px=320
-    )
+    return synthetic_eval_dataset(NUM_DISHES, 7, height_px=240, width_px=320)
 
 
 @pytest.fixture(scope="module")
