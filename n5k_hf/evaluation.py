@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from n5k_hf.data.transforms import EvalTransform, TransformedDataset, collate_samples
 from n5k_hf.geometry.volume import integrate_volume_ml
 from n5k_hf.metrics.depth import DEPTH_METRIC_NAMES, DEPTH_REGIONS, depth_metrics
 from n5k_hf.metrics.volume import PER_DISH_COLUMNS, per_dish_rows, volume_metrics
@@ -42,6 +43,18 @@ class EvaluationResult:
 
     def column(self, name: str) -> np.ndarray:
         return self.samples[:, SAMPLE_COLUMNS.index(name)]
+
+
+def eval_dataloader(
+    split, image_processor, *, batch_size: int, num_workers: int = 0
+) -> torch.utils.data.DataLoader:
+    """Unprepared DataLoader of :class:`EvalTransform` samples of a ``datasets.Dataset`` split, in order."""
+    return torch.utils.data.DataLoader(
+        TransformedDataset(split, EvalTransform(image_processor)),
+        batch_size=batch_size,
+        collate_fn=collate_samples,
+        num_workers=num_workers,
+    )
 
 
 def predict_depth_m(
@@ -380,7 +393,6 @@ def run_evaluation(
     from accelerate import Accelerator
 
     from n5k_hf.data.loading import get_split, load_n5k_dataset
-    from n5k_hf.data.transforms import EvalTransform, TransformedDataset, collate_samples
     from n5k_hf.geometry.volume import VOLUME_METHODS
 
     if integrator not in VOLUME_METHODS:
@@ -401,12 +413,7 @@ def run_evaluation(
             raise ValueError(f"{dataset_name_or_path}: split '{split}' has no rows")
         model, processor = load_model_and_processor(model_name_or_path, revision=model_revision)
         loader = accelerator.prepare(
-            torch.utils.data.DataLoader(
-                TransformedDataset(part, EvalTransform(processor)),
-                batch_size=batch_size,
-                collate_fn=collate_samples,
-                num_workers=num_workers,
-            )
+            eval_dataloader(part, processor, batch_size=batch_size, num_workers=num_workers)
         )
         model = accelerator.prepare_model(model, evaluation_mode=True)
         result, kept = evaluate_dataloader(

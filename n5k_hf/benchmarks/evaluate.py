@@ -145,8 +145,7 @@ def run_benchmark(
     """Best-of-``repeats`` images/s of the bare forward and of the evaluation path (alternated)."""
     from accelerate import Accelerator
 
-    from n5k_hf.data.transforms import EvalTransform, TransformedDataset, collate_samples
-    from n5k_hf.evaluation import evaluate_dataloader
+    from n5k_hf.evaluation import eval_dataloader, evaluate_dataloader
     from n5k_hf.modeling import build_image_processor, load_depth_model
 
     if num_dishes < 1 or batch_size < 1 or repeats < 1:
@@ -158,12 +157,7 @@ def run_benchmark(
     processor = build_image_processor(size=image_size)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     loader = accelerator.prepare(
-        torch.utils.data.DataLoader(
-            TransformedDataset(split, EvalTransform(processor)),
-            batch_size=batch_size,
-            collate_fn=collate_samples,
-            num_workers=num_workers,
-        )
+        eval_dataloader(split, processor, batch_size=batch_size, num_workers=num_workers)
     )
     model = accelerator.prepare_model(model, evaluation_mode=True)
     pixel_batches = [batch["pixel_values"] for batch in loader]

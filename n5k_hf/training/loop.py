@@ -35,8 +35,8 @@ from accelerate.utils import (
 from tqdm.auto import tqdm
 
 from n5k_hf.data.loading import get_split, load_n5k_dataset
-from n5k_hf.data.transforms import EvalTransform, TrainTransform, TransformedDataset, collate_samples
-from n5k_hf.evaluation import EvaluationResult, evaluate_dataloader
+from n5k_hf.data.transforms import TrainTransform, TransformedDataset, collate_samples
+from n5k_hf.evaluation import EvaluationResult, eval_dataloader, evaluate_dataloader
 from n5k_hf.losses import CompositeDepthLoss
 from n5k_hf.modeling import (
     build_image_processor,
@@ -180,18 +180,19 @@ class Finetuner:
             ),
             seed=config.optim.seed,
         )
-        eval_transform = EvalTransform(self.image_processor)
-        self.validation_dataset = TransformedDataset(self.validation_split, eval_transform)
-        loader_kwargs = {"collate_fn": collate_samples, "num_workers": data.dataloader_num_workers}
         train_loader = torch.utils.data.DataLoader(
             self.train_dataset,
             batch_size=config.optim.per_device_train_batch_size,
             shuffle=True,
             drop_last=True,
-            **loader_kwargs,
+            collate_fn=collate_samples,
+            num_workers=data.dataloader_num_workers,
         )
-        validation_loader = torch.utils.data.DataLoader(
-            self.validation_dataset, batch_size=config.optim.per_device_eval_batch_size, **loader_kwargs
+        validation_loader = eval_dataloader(
+            self.validation_split,
+            self.image_processor,
+            batch_size=config.optim.per_device_eval_batch_size,
+            num_workers=data.dataloader_num_workers,
         )
         if len(train_loader) == 0:
             raise ValueError(

@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from transformers import DepthAnythingForDepthEstimation
 
-from n5k_hf.data.transforms import EvalTransform, TransformedDataset, collate_samples
-from n5k_hf.evaluation import evaluate_dataloader, write_evaluation_report
+from n5k_hf.evaluation import eval_dataloader, evaluate_dataloader, write_evaluation_report
 from n5k_hf.modeling import save_model_for_pipeline
 
 if TYPE_CHECKING:
@@ -61,12 +59,11 @@ def evaluate_test_split(finetuner: Finetuner) -> dict[str, Any] | None:
         or len(finetuner.test_split) == 0
     ):
         return None
-    dataset = TransformedDataset(finetuner.test_split, EvalTransform(finetuner.image_processor))
     loader = accelerator.prepare(
-        torch.utils.data.DataLoader(
-            dataset,
+        eval_dataloader(
+            finetuner.test_split,
+            finetuner.image_processor,
             batch_size=config.optim.per_device_eval_batch_size,
-            collate_fn=collate_samples,
             num_workers=config.data.dataloader_num_workers,
         )
     )
