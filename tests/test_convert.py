@@ -16,6 +16,7 @@ import pytest
 
 import n5k_hf.data.convert as convert_module
 from n5k_hf.cli import exit_on_user_error
+from n5k_hf.data import dish_conversion
 from n5k_hf.data.convert import (
     REPORT_NAME,
     VOLUMES_NAME,
@@ -285,15 +286,15 @@ def test_a_failing_conversion_leaves_the_old_output_untouched(
     shutil.copytree(external, output_dir)
     calls = []
 
-    def convert_then_fail(dish_id, job):
+    def convert_then_fail(dish_id, settings):
         calls.append(dish_id)
         if len(calls) == 3:
             raise RuntimeError("killed")
-        return original(dish_id, job)
+        return original(dish_id, settings)
 
-    original = convert_module._convert_dish
-    monkeypatch.setattr(convert_module, "_convert_dish", convert_then_fail)
-    with pytest.raises(Exception, match=r"killed|generating the dataset"):
+    original = dish_conversion.convert_dish
+    monkeypatch.setattr(dish_conversion, "convert_dish", convert_then_fail)
+    with pytest.raises(RuntimeError, match="killed"):
         convert_nutrition5k(root, output_dir, val_fraction=0.25, overwrite=True, progress=False)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
     assert _rows(output_dir) == _rows(external)

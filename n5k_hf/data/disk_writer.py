@@ -1,0 +1,161 @@
+"""Write a ``DatasetDict`` folder row by row, in the layout ``save_to_disk`` writes and ``load_from_disk`` reads.
+
+``Dataset.from_generator(...).save_to_disk(out)`` writes every row twice: once into the ``datasets``
+cache, then again into ``out`` (reading the cache back through memory maps, so the resident set of
+the process grows with the dataset). `SplitWriter` streams the rows straight into the final Arrow
+shards instead; memory holds at most one record batch of rows.
+
+Layout of ``OUT`` (``datasets`` >= 2.x ``save_to_disk``)::
+
+    OUT/dataset_dict.json                 {"splits": [...]}            (`write_dataset_dict_json`)
+    OUT/<split>/data-00000-of-0000N.arrow Arrow IPC streams, schema with the features metadata
+    OUT/<split>/dataset_info.json         DatasetInfo: features, split size in rows and bytes
+    OUT/<split>/state.json                shard list, split name, fingerprint, no format
+
+``tests/test_disk_writer.py`` checks that ``datasets.load_from_disk`` reads it back row for row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets.arrow_writer import ArrowWriter
+from datasets.fingerprint import generate_random_fingerprint
+
+MAX_SHARD_BYTES = 500 * 2**20
+"""A shard is closed once the rows written to it reach this size (``save_to_disk``'s default, 500 MB)."""
+
+WRITER_BATCH_SIZE = 32
+"""Rows per Arrow record batch: what memory holds before a write (a Nutrition5k row is about 0.6 MB)."""
+
+
+def _row_nbytes(row: Mapping[str, Any]) -> int:
+    """Rough size of an encoded row: the bytes of its binary (image) fields, plus a little per column."""
+    size = 0
+    for value in row.values():
+        if isinstance(value, dict) and isinstance(value.get("bytes"), bytes | bytearray):
+            size += len(value["bytes"])
+        else:
+            size += 64
+    return size
+
+
+class SplitWriter:
+    """Stream the rows of one split into ``folder`` (created), sharded at `MAX_SHARD_BYTES`.
+
+    Rows are encoded with ``features.encode_example``; `close` writes ``state.json`` and
+    ``dataset_info.json``. An empty split still gets one (empty) shard, so that it loads.
+
+    Use as a context manager: leaving the block by an exception closes the open shard without
+    writing the state files (the caller discards the folder).
+    """
+
+    def __init__(
+        self,
+        folder: Path | str,
+        split: str,
+        features: datasets.Features,
+        *,
+        max_shard_bytes: int = MAX_SHARD_BYTES,
+        writer_batch_size: int = WRITER_BATCH_SIZE,
+    ):
+        if max_shard_bytes <= 0 or writer_batch_size <= 0:
+            raise ValueError(f"need positive sizes, got {max_shard_bytes=}, {writer_batch_size=}")
+        self.folder = Path(folder)
+        self.split = split
+        self.features = features
+        self.max_shard_bytes = max_shard_bytes
+        self.writer_batch_size = writer_batch_size
+        self.folder.mkdir(parents=True, exist_ok=False)
+        self._partial_shards: list[Path] = []
+        self._writer: ArrowWriter | None = None
+        self._shard_bytes = 0
+        self.num_examples = 0
+        self.num_bytes = 0
+        self._closed = False
+
+    def _open_shard(self) -> ArrowWriter:
+        path = self.folder / f"data-{len(self._partial_shards):05d}.arrow.partial"
+        self._partial_shards.append(path)
+        self._shard_bytes = 0
+        return ArrowWriter(features=self.features, path=str(path), writer_batch_size=self.writer_batch_size)
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            _, num_bytes = self._writer.finalize()
+            self._writer.close()
+            self.num_bytes += num_bytes
+            self._writer = None
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        """Encode and append one row (a dict with every column of ``features``)."""
+        if self._closed:
+            raise RuntimeError(f"SplitWriter for {self.folder} is closed")
+        missing = [name for name in self.features if name not in row]
+        if missing:
+            raise KeyError(f"row for split {self.split!r} lacks column(s) {', '.join(missing)}")
+        if self._writer is None:
+            self._writer = self._open_shard()
+        self._writer.write(self.features.encode_example(row))
+        self.num_examples += 1
+        self._shard_bytes += _row_nbytes(row)
+        if self._shard_bytes >= self.max_shard_bytes:
+            self._close_shard()
+
+    def write_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.write(row)
+
+    def close(self) -> datasets.SplitInfo:
+        """Finish the last shard, name the shards ``data-XXXXX-of-NNNNN.arrow``, write the state files."""
+        if self._closed:
+            raise RuntimeError(f"SplitWriter for {self.folder} is already closed")
+        if not self._partial_shards:  # an empty split: one shard holding only the schema
+            self._writer = self._open_shard()
+        self._close_shard()
+        self._closed = True
+        num_shards = len(self._partial_shards)
+        data_files = []
+        for index, partial in enumerate(self._partial_shards):
+            name = f"data-{index:05d}-of-{num_shards:05d}.arrow"
+            partial.rename(self.folder / name)
+            data_files.append({"filename": name})
+        split_info = datasets.SplitInfo(
+            name=self.split, num_bytes=self.num_bytes, num_examples=self.num_examples
+        )
+        info = datasets.DatasetInfo(
+            features=self.features,
+            splits=datasets.SplitDict({self.split: split_info}),
+            dataset_size=self.num_bytes,
+        )
+        info.write_to_directory(str(self.folder), pretty_print=True)
+        state = {
+            "_data_files": data_files,
+            "_fingerprint": generate_random_fingerprint(),
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": self.split,
+        }
+        (self.folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+        return split_info
+
+    def __enter__(self) -> SplitWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is not None and not self._closed:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._closed = True
+
+
+def write_dataset_dict_json(folder: Path | str, splits: Iterable[str]) -> None:
+    """``folder/dataset_dict.json``: the split names ``load_from_disk`` expects as subfolders."""
+    (Path(folder) / "dataset_dict.json").write_text(json.dumps({"splits": list(splits)}), encoding="utf-8")
