@@ -23,6 +23,7 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import sys  # noqa: E402
 
+from n5k_hf.allocator import reuse_freed_memory  # noqa: E402
 from n5k_hf.cli import exit_on_user_error  # noqa: E402
 from n5k_hf.data.convert import convert_nutrition5k, push_converted_dataset  # noqa: E402
 from n5k_hf.data.masks import DepthMaskConfig  # noqa: E402
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()  # this process writes the Arrow shards (and converts, with --num-proc 1)
     if args.private and not args.push_to_hub:
         raise ValueError("--private needs --push-to-hub REPO_ID")
     report = convert_nutrition5k(

@@ -1,20 +1,22 @@
 """Benchmark the Nutrition5k converter: throughput against bare PNG decoding, and peak memory vs size.
 
 Usage:
-    python scripts/benchmark_convert.py [--sizes 200,2000] [--num-proc 2] [--cache-dir DIR] [--seed 0]
+    python scripts/benchmark_convert.py [--sizes 200,2000] [--throughput-size N] [--num-proc 2]
+        [--repeats 3] [--cache-dir DIR] [--seed 0]
 
 For each size a synthetic Nutrition5k tree is generated once into ``--cache-dir`` (reused by later
-runs). Then, on the smallest size:
+runs). Then, on ``--throughput-size`` dishes (default: the largest size, so that the fixed cost of
+starting Python and importing ``datasets`` weighs little):
 
 * decode limit: every dish's ``rgb.png`` and ``depth_raw.png`` read and fully decoded (OpenCV) in a
   pool of ``--num-proc`` processes: the throughput of doing nothing but decoding, with the same number
   of processes as the converter. Dishes/s, and CPU milliseconds per dish.
 * converter: ``scripts/convert_nutrition5k.py --num-proc N`` end to end (validation, masks, planes,
-  volumes, Arrow writes, ``save_to_disk``), with the depth fallback masks and with external masks.
-  Dishes/s and its ratio to the decode limit (issue target: >= 0.6): over the whole run (interpreter
-  start-up and imports included), inside ``convert_nutrition5k``, and in CPU time per dish (all
-  processes, minus the CPU time of starting the script with ``--help``), which a busy shared machine
-  disturbs far less than wall time.
+  volumes, Arrow shards, the final ``load_from_disk`` check), with external masks and with the depth
+  fallback masks. Dishes/s and its ratio to the decode limit (issue target: >= 0.6): over the whole
+  run (interpreter start-up and imports included), inside ``convert_nutrition5k``, and in CPU time
+  per dish (all processes, minus the CPU time of starting the script with ``--help``), which a busy
+  shared machine disturbs far less than wall time.
 
 Decode and converter runs are interleaved ``--repeats`` times and the best of each is kept.
 
@@ -46,6 +48,7 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from n5k_hf.allocator import reuse_freed_memory  # noqa: E402
 from n5k_hf.cli import exit_on_user_error  # noqa: E402
 from n5k_hf.data.nutrition5k import Nutrition5kLayout  # noqa: E402
 from n5k_hf.data.synthetic import make_synthetic_nutrition5k  # noqa: E402
@@ -95,7 +98,8 @@ def decode_limit(root: Path, num_proc: int) -> tuple[float, float, int]:
     layout = Nutrition5kLayout(root)
     dish_ids = layout.split_ids("depth_train") + layout.split_ids("depth_test")
     paths = [(str(layout.rgb_path(d)), str(layout.depth_raw_path(d))) for d in dish_ids]
-    with Pool(num_proc) as pool:
+    # The converter's workers tune malloc the same way (n5k_hf.allocator): compare like with like.
+    with Pool(num_proc, initializer=reuse_freed_memory) as pool:
         started = time.perf_counter()
         cpu_s = sum(pool.map(_decode_dish, paths, chunksize=8))
         elapsed_s = time.perf_counter() - started
@@ -182,6 +186,9 @@ def startup_cpu_s() -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="200,2000", help="comma-separated numbers of synthetic dishes")
+    parser.add_argument(
+        "--throughput-size", type=int, help="dishes of the throughput runs (default: the largest of --sizes)"
+    )
     parser.add_argument("--num-proc", type=int, default=2, help="converter and decode processes")
     parser.add_argument("--repeats", type=int, default=3, help="runs per throughput measurement (best kept)")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "n5k_hf_benchmark"))
@@ -192,16 +199,21 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"--sizes needs numbers of dishes >= 10, got {args.sizes!r}")
     cache_dir = Path(args.cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    roots = {size: synthetic_tree(cache_dir, size, args.seed, args.num_proc) for size in sizes}
+    throughput_size = args.throughput_size or sizes[-1]
+    if throughput_size < 10:
+        raise ValueError(f"--throughput-size needs >= 10 dishes, got {throughput_size}")
+    roots = {
+        size: synthetic_tree(cache_dir, size, args.seed, args.num_proc) for size in {*sizes, throughput_size}
+    }
 
-    smallest = roots[sizes[0]]
-    masks = {"depth fallback masks": None, "external masks": smallest / "ground_truth" / "masks"}
+    measured = roots[throughput_size]
+    masks = {"external masks": measured / "ground_truth" / "masks", "depth fallback masks": None}
     decode_runs, converter_runs = [], {label: [] for label in masks}
     load_before = os.getloadavg()[0]
     for _ in range(args.repeats):  # interleaved, so that every kind of run sees the same background load
-        decode_runs.append(decode_limit(smallest, args.num_proc))
+        decode_runs.append(decode_limit(measured, args.num_proc))
         for label, masks_dir in masks.items():
-            converter_runs[label].append(run_converter(smallest, cache_dir / "out", args.num_proc, masks_dir))
+            converter_runs[label].append(run_converter(measured, cache_dir / "out", args.num_proc, masks_dir))
     startup_s = min(startup_cpu_s() for _ in range(args.repeats))
     num_dishes = decode_runs[0][2]
     limit = max(rate for rate, _, _ in decode_runs)

@@ -1,7 +1,7 @@
 """Food masks: external label images (e.g. from SAM 2) and a depth-only fallback.
 
 Mask images in the converted dataset are uint8 label images: 0 = not food, 1..n = food items.
-`load_external_mask` reads such a file (any non-zero value = food; each distinct value = one item)
+`read_external_mask` reads such a file (any non-zero value = food; each distinct value = one item)
 and `depth_food_mask` segments food from the sensor depth alone.
 
 Depth fallback (`depth_food_mask`), in steps:
@@ -142,11 +142,35 @@ def label_items(mask: np.ndarray) -> np.ndarray:
     return relabel[labels]
 
 
-def load_external_mask(path: Path | str, shape: tuple[int, int]) -> np.ndarray:
+@dataclass(frozen=True, eq=False)
+class ExternalMask:
+    """An external mask file read by `read_external_mask`."""
+
+    labels: np.ndarray
+    """(H, W) uint8: 0 = not food, 1..n = food items."""
+    png_bytes: bytes
+    """PNG of ``labels``: the file's own bytes when it already is such a label image, else a new encoding."""
+
+
+def encode_mask_png(labels: np.ndarray) -> bytes:
+    """(H, W) uint8 label image -> PNG bytes (lossless; OpenCV's default, fast run-length zlib strategy)."""
+    labels = np.asarray(labels)
+    if labels.dtype != np.uint8 or labels.ndim != 2:
+        raise ValueError(
+            f"a mask PNG holds (H, W) uint8 labels, got dtype {labels.dtype} shape {labels.shape}"
+        )
+    ok, buffer = cv2.imencode(".png", labels)
+    if not ok:
+        raise RuntimeError(f"OpenCV failed to encode a {labels.shape} uint8 mask PNG")
+    return buffer.tobytes()
+
+
+def read_external_mask(path: Path | str, shape: tuple[int, int]) -> ExternalMask:
     """Read a food mask image: (H, W) uint8 labels, 0 = not food, 1..n = the file's distinct non-zero values.
 
     The file may be 8- or 16-bit grayscale (each value one item) or colour (each colour one item;
-    an alpha channel is ignored). Labels follow the order of the original values.
+    an alpha channel is ignored). Labels follow the order of the original values. An 8-bit grayscale
+    file whose values already are 0, 1..n keeps its bytes (`ExternalMask.png_bytes`).
 
     Args:
         path: the mask PNG (``dish_<id>.png``).
@@ -168,8 +192,11 @@ def load_external_mask(path: Path | str, shape: tuple[int, int]) -> np.ndarray:
         raise MaskFileError(
             path, "bad_shape", f"{image.shape[1]}x{image.shape[0]} (WxH), expected {shape[1]}x{shape[0]}"
         )
-    if image.ndim == 2 and image.dtype in (np.uint8, np.uint16):
-        # Integer grey levels index a lookup table directly (linear time, no sort).
+    if image.ndim == 2 and image.dtype == np.uint8:
+        # Grey levels index a lookup table directly (a 256-bin histogram: linear time, no sort, no copy).
+        present = np.flatnonzero(cv2.calcHist([image], [0], None, [256], [0, 256]).ravel())
+        codes, slots = image, present
+    elif image.ndim == 2 and image.dtype == np.uint16:
         present = np.flatnonzero(np.bincount(image.ravel()))
         codes, slots = image, present
     else:
@@ -184,9 +211,17 @@ def load_external_mask(path: Path | str, shape: tuple[int, int]) -> np.ndarray:
         raise MaskFileError(
             path, "decode_error", f"{num_items} distinct non-zero values; at most {MAX_ITEMS}"
         )
+    if image.dtype == np.uint8 and image.ndim == 2 and np.array_equal(present, np.arange(num_items + 1)):
+        return ExternalMask(labels=image, png_bytes=data)  # already 0, 1..n: the labels are the file
     lookup = np.zeros(int(slots[-1]) + 1, dtype=np.uint8)
     lookup[slots] = np.arange(len(present)) + (0 if has_background else 1)
-    return lookup[codes]
+    labels = lookup[codes]
+    return ExternalMask(labels=labels, png_bytes=encode_mask_png(labels))
+
+
+def load_external_mask(path: Path | str, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 labels of a food mask image (`read_external_mask` without the PNG bytes)."""
+    return read_external_mask(path, shape).labels
 
 
 def _support_height_m(heights_m: np.ndarray, config: DepthMaskConfig) -> float | None:

@@ -146,10 +146,20 @@ def table_ring_mask(
         raise ValueError(f"mask must have shape (H, W), got {mask.shape}")
     if not 0 <= inner_px < outer_px:
         raise ValueError(f"need 0 <= inner_px < outer_px, got inner_px={inner_px}, outer_px={outer_px}")
-    if not mask.any():
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) == 0:
         return np.zeros_like(mask)
-    distance_px = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
-    return (distance_px > inner_px) & (distance_px <= outer_px)
+    cols = np.flatnonzero(mask.any(axis=0))
+    # Only the mask's bounding box grown by outer_px can hold ring pixels (a chamfer distance is at
+    # least the Chebyshev distance), and inside it the distances equal those over the whole frame.
+    window = (
+        slice(max(rows[0] - outer_px, 0), rows[-1] + outer_px + 1),
+        slice(max(cols[0] - outer_px, 0), cols[-1] + outer_px + 1),
+    )
+    distance_px = cv2.distanceTransform((~mask[window]).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+    ring = np.zeros_like(mask)
+    ring[window] = (distance_px > inner_px) & (distance_px <= outer_px)
+    return ring
 
 
 def border_frame_mask(shape: tuple[int, int], width_px: int = BORDER_FRAME_PX) -> np.ndarray:
@@ -183,14 +193,15 @@ def _ransac_plane(
         raise ValueError("fit_table_plane: every RANSAC sample was degenerate (collinear table points)")
     normals = normals[usable] / norms[usable, None]
     offsets = -np.einsum("ij,ij->i", normals, triplets[usable, 0])
-    # Distances of every point to every hypothesis, (points, hypotheses), in float32 by broadcasting:
+    # Distances of every point to every hypothesis, (hypotheses, points), in float32 by broadcasting:
     # a BLAS matrix product here is threaded by OpenBLAS and runs 10-100x slower on a busy machine.
-    points32 = points_m.astype(np.float32)
+    points32 = points_m.T.astype(np.float32)
     normals32 = normals.astype(np.float32)
-    distances = points32[:, :1] * normals32[:, 0] + offsets.astype(np.float32)
-    distances += points32[:, 1:2] * normals32[:, 1]
-    distances += points32[:, 2:3] * normals32[:, 2]
-    inlier_counts = np.count_nonzero(np.abs(distances) < inlier_threshold_m, axis=0)
+    distances = normals32[:, :1] * points32[0] + offsets.astype(np.float32)[:, None]
+    distances += normals32[:, 1:2] * points32[1]
+    distances += normals32[:, 2:3] * points32[2]
+    np.abs(distances, out=distances)
+    inlier_counts = np.count_nonzero(distances < inlier_threshold_m, axis=1)
     best = int(np.argmax(inlier_counts))
     return normals[best], float(offsets[best])
 

@@ -140,35 +140,41 @@ def _plane_axes(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return along_u, along_v
 
 
-def _previous_usable_in_row(usable: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(h, w) column of the nearest usable pixel to the left in the same unbroken mask run, -1 if none.
-
-    Invalid pixels inside the mask are skipped over; a pixel outside the mask breaks the run.
-    """
-    columns = np.arange(usable.shape[1], dtype=np.int32)
-    # Events along the row: a usable pixel (odd code) or a break (even code); the latest one wins.
-    events = np.where(usable, 2 * columns + 1, np.where(mask, -1, 2 * columns)).astype(np.int32)
-    latest = np.maximum.accumulate(events, axis=1)
-    previous = np.full(usable.shape, -1, dtype=np.int32)
-    previous[:, 1:] = np.where(latest[:, :-1] % 2 == 1, latest[:, :-1] // 2, -1)
-    return previous
-
-
 def _linked_neighbours(usable: np.ndarray, mask: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """(h, w) index along image ``axis`` of the previous and the next usable pixel (-1: none).
+    """Index along image ``axis`` of the previous and the next usable pixel of each usable pixel.
 
     Neighbours are searched in the same row (``axis`` 1) or column (``axis`` 0) within an unbroken
-    run of the mask, skipping invalid pixels inside it.
+    run of the mask, skipping invalid pixels inside it; -1 where there is none.
+
+    Args:
+        usable: (h, w) bool pixels with a valid depth, inside (h, w) bool ``mask``.
+
+    Returns:
+        previous, following: (N,) int64 for the N usable pixels in raster order.
     """
     if axis == 0:
-        previous, following = _linked_neighbours(
-            np.ascontiguousarray(usable.T), np.ascontiguousarray(mask.T), 1
-        )
-        return previous.T, following.T
+        usable_t, mask_t = np.ascontiguousarray(usable.T), np.ascontiguousarray(mask.T)
+        previous_t, following_t = _linked_neighbours(usable_t, mask_t, 1)
+        # Back from the transposed raster order to the raster order of ``usable``.
+        grid = np.empty(usable_t.shape, dtype=np.int64)
+        pixels_t = np.flatnonzero(usable_t)
+        pixels = np.flatnonzero(usable)
+        grid.flat[pixels_t] = previous_t
+        previous = grid.T.ravel()[pixels]
+        grid.flat[pixels_t] = following_t
+        return previous, grid.T.ravel()[pixels]
     width = usable.shape[1]
-    previous = _previous_usable_in_row(usable, mask)
-    following = _previous_usable_in_row(usable[:, ::-1], mask[:, ::-1])[:, ::-1]
-    return previous, np.where(following >= 0, width - 1 - following, -1)
+    pixels = np.flatnonzero(usable)
+    rows, columns = np.divmod(pixels, width)
+    # Consecutive usable pixels in raster order are linked when they share a row and no pixel
+    # outside the mask lies between them (the count of such pixels before each is the same).
+    outside_before = np.cumsum(~mask.ravel(), dtype=np.int64)[pixels]
+    linked = (rows[1:] == rows[:-1]) & (outside_before[1:] == outside_before[:-1])
+    previous = np.full(len(pixels), -1, dtype=np.int64)
+    following = np.full(len(pixels), -1, dtype=np.int64)
+    previous[1:] = np.where(linked, columns[:-1], -1)
+    following[:-1] = np.where(linked, columns[1:], -1)
+    return previous, following
 
 
 def _footprint_half_gaps(
@@ -204,8 +210,7 @@ def _footprint_half_gaps(
     position = columns if axis == 1 else rows
     flat_u, flat_v = coords_m[0].ravel(), coords_m[1].ravel()
     halves = []
-    for neighbour_grid, sign in zip(_linked_neighbours(usable, mask, axis), (-1.0, 1.0)):
-        neighbour = neighbour_grid.ravel()[pixels]
+    for neighbour, sign in zip(_linked_neighbours(usable, mask, axis), (-1.0, 1.0)):
         linked = neighbour >= 0
         neighbour = np.where(linked, neighbour, position)
         steps = np.maximum(np.abs(neighbour - position), 1)
@@ -346,15 +351,21 @@ def _heightmap_volume_ml(
     usable = mask[window] & valid_depth(window_depth_m)
     if not usable.any():
         return 0.0
-    window_rows, window_cols = np.mgrid[window]
-    rays = pixel_directions(K, window_rows.ravel(), window_cols.ravel()).reshape(*window_depth_m.shape, 3)
-    points_m = rays * np.where(usable, window_depth_m, 0.0)[..., None]
+    # A point's component along a unit vector a is Z * (a . K^-1 (u, v, 1)): linear in u and v, so
+    # each (h, w) coordinate map is the depth times an outer sum (no (h, w, 3) point cloud).
+    rows = np.arange(window[0].start, window[0].stop, dtype=np.float64)[:, None]
+    cols = np.arange(window[1].start, window[1].stop, dtype=np.float64)[None, :]
+    K_inv = np.linalg.inv(K)
     along_u, along_v = _plane_axes(plane.normal)
-    coord_u_m = points_m @ along_u
-    coord_v_m = points_m @ along_v
-    heights_m = np.maximum(
-        points_m.reshape(-1, 3)[np.flatnonzero(usable)] @ plane.normal + plane.offset_m, 0.0
-    )
+    usable_depth_m = np.where(usable, window_depth_m, 0.0)
+
+    def along(axis: np.ndarray) -> np.ndarray:
+        a_u, a_v, a_1 = axis @ K_inv
+        return usable_depth_m * ((a_u * cols + a_1) + a_v * rows)
+
+    coord_u_m = along(along_u)
+    coord_v_m = along(along_v)
+    heights_m = np.maximum(along(plane.normal)[usable] + plane.offset_m, 0.0)
     footprints = _pixel_footprints(coord_u_m, coord_v_m, usable, mask[window], window_depth_m, K)
     if not np.any(footprints[1] > footprints[0]):
         return 0.0
