@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from n5k_hf.data.masks import MaskFileError, depth_food_mask, label_items, load_external_mask
+from n5k_hf.data.masks import MaskFileError, depth_food_labels, label_items, load_external_mask
 from n5k_hf.exif import focal_length_35mm
 from n5k_hf.geometry.depth import depth_m_to_raw, encode_depth_png
 from n5k_hf.geometry.intrinsics import (
@@ -313,7 +313,7 @@ def prepare_prediction(
 
 def _items_from_depth(depth_m: np.ndarray, K: np.ndarray, image: LoadedImage) -> list[FoodItemMask]:
     try:
-        found = label_items(depth_food_mask(depth_m, K))
+        found = depth_food_labels(depth_m, K)
     except ValueError as error:
         raise PredictionInputError(
             f"{image.path}: cannot find food in the predicted depth: {error}"

@@ -40,9 +40,9 @@ from PIL import Image
 from n5k_hf.data.masks import (
     DepthMaskConfig,
     MaskFileError,
-    depth_food_mask,
+    TooManyItemsError,
+    depth_food_labels,
     encode_mask_png,
-    label_items,
     read_external_mask,
 )
 from n5k_hf.data.nutrition5k import Nutrition5kLayout
@@ -170,12 +170,13 @@ def convert_dish(dish_id: str, settings: DishConversionSettings) -> dict[str, An
         mask_source = "external"
     else:
         try:
-            food = depth_food_mask(depth_m, K, **settings.mask_config.as_dict())
+            labels = depth_food_labels(depth_m, K, **settings.mask_config.as_dict())
+        except TooManyItemsError:
+            raise
         except ValueError as error:
             raise DishSkipped(
                 "plane_fit_failed", depth_path, f"table plane for the depth mask: {error}"
             ) from None
-        labels = label_items(food)
         mask_png = encode_mask_png(labels)
         mask_source = "depth"
     food = labels > 0

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from n5k_hf.geometry.plane import backproject, fit_table_plane, height_above_plane_m, valid_depth
+from n5k_hf.geometry.plane import fit_table_plane, height_map_m, valid_depth
 
 MAX_ITEMS = 255
 """Most food items a uint8 label image can hold."""
@@ -49,6 +50,10 @@ MAX_SUPPORT_HEIGHT_M = 0.06
 
 
 MASK_FILE_REASONS = ("empty_file", "decode_error", "bad_shape")
+
+
+class TooManyItemsError(ValueError):
+    """A mask with more separate food pieces than a uint8 label image holds (`MAX_ITEMS`)."""
 
 
 class MaskFileError(ValueError):
@@ -99,10 +104,11 @@ def _disc(radius_px: int) -> np.ndarray:
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """(H, W) bool ``mask`` with every region it encloses (not connected to the border) filled."""
     mask = np.asarray(mask, dtype=bool)
-    padded = np.pad(mask, 1).astype(np.uint8)
-    outside = padded.copy()
-    cv2.floodFill(outside, None, (0, 0), 1)
-    return (padded.astype(bool) | (outside == 0))[1:-1, 1:-1]
+    # Flood the background from a one-pixel frame around the image; what stays 0 is enclosed.
+    flooded = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=np.uint8)
+    flooded[1:-1, 1:-1] = mask
+    cv2.floodFill(flooded, None, (0, 0), 1)
+    return mask | (flooded[1:-1, 1:-1] == 0)
 
 
 def remove_small_components(mask: np.ndarray, min_component_px: int) -> np.ndarray:
@@ -127,18 +133,23 @@ def _tall_components(mask: np.ndarray, heights_m: np.ndarray, min_height_m: floa
     return keep[labels]
 
 
-def label_items(mask: np.ndarray) -> np.ndarray:
+def label_items(mask: np.ndarray, min_component_px: int = 0) -> np.ndarray:
     """(H, W) bool food mask -> (H, W) uint8 labels, one per 8-connected piece (1..n, largest first).
 
-    Raises ``ValueError`` for more than `MAX_ITEMS` pieces.
+    Pieces of fewer than ``min_component_px`` pixels are dropped (label 0), as by
+    `remove_small_components`, in the same pass. Raises `TooManyItemsError` for more than `MAX_ITEMS` pieces.
     """
     mask = np.asarray(mask, dtype=bool)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count - 1 > MAX_ITEMS:
-        raise ValueError(f"food mask has {count - 1} separate pieces; a uint8 label image holds {MAX_ITEMS}")
-    order = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    kept = int(np.count_nonzero(areas >= min_component_px))
+    if kept > MAX_ITEMS:
+        raise TooManyItemsError(
+            f"food mask has {kept} separate pieces; a uint8 label image holds {MAX_ITEMS}"
+        )
+    order = np.argsort(-areas, kind="stable")[:kept]
     relabel = np.zeros(count, dtype=np.uint8)
-    relabel[order + 1] = np.arange(1, count, dtype=np.uint8)
+    relabel[order + 1] = np.arange(1, kept + 1, dtype=np.uint8)
     return relabel[labels]
 
 
@@ -247,7 +258,7 @@ def _support_height_m(heights_m: np.ndarray, config: DepthMaskConfig) -> float |
     return float(near.mean())
 
 
-def depth_food_mask(
+def _food_before_cleanup(
     depth_m: np.ndarray,
     K: np.ndarray,
     *,
@@ -262,20 +273,7 @@ def depth_food_mask(
     min_item_height_m: float = DepthMaskConfig.min_item_height_m,
     seed: int = 0,
 ) -> np.ndarray:
-    """Food mask from depth alone: what stands on the plate or in the bowl, not the plate or bowl itself.
-
-    Args:
-        depth_m: (H, W) depth in metres, NaN or 0 = invalid; a camera looking down at a table.
-        K: (3, 3) intrinsics of the depth map.
-        height_threshold_m ... min_component_px: see `DepthMaskConfig` and the module docstring.
-        seed: seed of the RANSAC plane fits.
-
-    Returns:
-        (H, W) bool food mask (all False when nothing stands on the support).
-
-    Raises:
-        ValueError: not enough valid table depth at the image border to fit the table plane.
-    """
+    """`depth_food_mask` before its last step (pieces smaller than ``min_component_px`` still in)."""
     config = DepthMaskConfig(
         height_threshold_m=height_threshold_m,
         grow_threshold_m=grow_threshold_m,
@@ -289,9 +287,8 @@ def depth_food_mask(
     )
     depth_m = np.asarray(depth_m)
     valid = valid_depth(depth_m)
-    points_m = backproject(depth_m, K)
     table = fit_table_plane(depth_m, K, seed=seed)
-    heights_m = height_above_plane_m(points_m, table)
+    heights_m = height_map_m(depth_m, K, table)
 
     support_height_m = _support_height_m(heights_m[valid], config)
     if support_height_m is None:
@@ -300,7 +297,7 @@ def depth_food_mask(
         band = valid & (np.abs(heights_m - support_height_m) <= config.support_band_m)
         support = fit_table_plane(depth_m, K, ring=band, seed=seed)
     with np.errstate(invalid="ignore"):
-        above_support_m = np.where(valid, height_above_plane_m(points_m, support), np.nan)
+        above_support_m = np.where(valid, height_map_m(depth_m, K, support), np.nan)
         on_support = valid & (np.abs(above_support_m) <= config.height_threshold_m)
         seeds = above_support_m > config.height_threshold_m
         low = above_support_m > config.grow_threshold_m
@@ -317,5 +314,34 @@ def depth_food_mask(
         food = food | (cv2.dilate(food, _disc(config.grow_px)) & (low & region).view(np.uint8))
     if config.closing_px > 0:
         food = cv2.morphologyEx(food, cv2.MORPH_CLOSE, _disc(config.closing_px))
-    food = fill_holes(food.view(bool)) & region
-    return remove_small_components(food, config.min_component_px)
+    return fill_holes(food.view(bool)) & region
+
+
+def depth_food_mask(depth_m: np.ndarray, K: np.ndarray, **config: Any) -> np.ndarray:
+    """Food mask from depth alone: what stands on the plate or in the bowl, not the plate or bowl itself.
+
+    Args:
+        depth_m: (H, W) depth in metres, NaN or 0 = invalid; a camera looking down at a table.
+        K: (3, 3) intrinsics of the depth map.
+        config: `DepthMaskConfig` fields (``height_threshold_m`` ... ``min_item_height_m``) and
+            ``seed`` (of the RANSAC plane fits); see the module docstring.
+
+    Returns:
+        (H, W) bool food mask (all False when nothing stands on the support).
+
+    Raises:
+        ValueError: not enough valid table depth at the image border to fit the table plane.
+    """
+    min_component_px = config.get("min_component_px", DepthMaskConfig.min_component_px)
+    return remove_small_components(_food_before_cleanup(depth_m, K, **config), min_component_px)
+
+
+def depth_food_labels(depth_m: np.ndarray, K: np.ndarray, **config: Any) -> np.ndarray:
+    """(H, W) uint8 item labels of `depth_food_mask` (`label_items`), in one connected-components pass.
+
+    Raises:
+        ValueError: as `depth_food_mask`.
+        TooManyItemsError: more than `MAX_ITEMS` pieces.
+    """
+    min_component_px = config.get("min_component_px", DepthMaskConfig.min_component_px)
+    return label_items(_food_before_cleanup(depth_m, K, **config), min_component_px)

@@ -281,3 +281,16 @@ def height_above_plane_m(points_m: np.ndarray, plane: Plane) -> np.ndarray:
     if points_m.shape[-1] != 3:
         raise ValueError(f"points must have shape (..., 3), got {points_m.shape}")
     return points_m @ plane.normal + plane.offset_m
+
+
+def height_map_m(depth_m: np.ndarray, K: np.ndarray, plane: Plane) -> np.ndarray:
+    """(H, W) depth in metres -> (H, W) float64 signed height above ``plane`` of every pixel (NaN stays NaN).
+
+    Equals ``height_above_plane_m(backproject(depth_m, K), plane)`` without the (H, W, 3) point cloud:
+    ``n . (Z K^-1 (u, v, 1)) + d = Z (a u + b v + c) + d`` with ``(a, b, c) = n K^-1``.
+    """
+    depth_m, K = _check_depth_and_k(depth_m, K)
+    a_u, a_v, a_1 = plane.normal @ np.linalg.inv(K)
+    height, width = depth_m.shape
+    ray_dot_normal = (a_u * np.arange(width) + a_1)[None, :] + a_v * np.arange(height)[:, None]
+    return depth_m * ray_dot_normal + plane.offset_m
