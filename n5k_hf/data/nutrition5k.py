@@ -42,6 +42,9 @@ INGREDIENT_FIELD_COUNT = 7
 # Plate grouping (see plate_groups): incremental scans of one plate in the real data are 20 to
 # 60 s apart; 300 s leaves room for slow additions without merging unrelated plates.
 PLATE_MAX_GAP_S = 300
+# A re-scan of the same plate may weigh a little less (crumbs, the scale's 1 g steps): the real files
+# hold 5 such pairs, 1-3 g lighter; the next smallest drop between nested scans is 8 g.
+PLATE_MASS_TOLERANCE_G = 3.0
 
 
 class Nutrition5kLayoutError(FileNotFoundError):
@@ -305,7 +308,9 @@ def parse_dish_metadata(path: Path | str, cafe: int) -> MetadataParseResult:
 
 def _same_plate(earlier: DishMetadata, later: DishMetadata) -> bool:
     return earlier.ingredient_ids <= later.ingredient_ids and (
-        earlier.total_mass is None or later.total_mass is None or later.total_mass >= earlier.total_mass
+        earlier.total_mass is None
+        or later.total_mass is None
+        or later.total_mass >= earlier.total_mass - PLATE_MASS_TOLERANCE_G
     )
 
 
@@ -316,13 +321,15 @@ def plate_groups(
 
     Rule: sort ``dish_ids`` by the timestamp in the id; a dish joins the group of the dish just
     before it when (1) it was scanned at most ``max_gap_s`` seconds later, (2) its ingredient-id
-    set contains every ingredient of the previous dish, and (3) its ``total_mass`` is not smaller.
-    Conditions (2) and (3) keep apart the 2019 sessions in which single items were scanned on
+    set contains every ingredient of the previous dish, and (3) its ``total_mass`` is not smaller by
+    more than `PLATE_MASS_TOLERANCE_G` (a re-weighing of the same plate). Conditions (2) and (3) keep apart the 2019 sessions in which single items were scanned on
     their own plates and then combined (a combination followed by a single item is not nested).
 
-    Measured on the real files (depth_train + depth_test, 3265 dishes): 1246 groups, of which 6
-    (21 dishes) hold both train and test dishes; all 6 are genuine same-plate sequences (repeated
-    scans of identical mass and ingredients) that the official split itself breaks.
+    Measured on the real files (depth_train + depth_test, 3265 dishes): 1241 groups, of which 8
+    (28 dishes) hold both train and test dishes; all 8 are genuine same-plate sequences (repeated
+    scans of identical or 1 g lower mass and the same ingredients) that the official split itself
+    breaks. Only the previous scan is compared: a plate scanned between two scans of another plate
+    (14 such interleavings in 2019 sessions of single items) starts a new group.
 
     Returns groups in time order, each group in time order. Raises ``KeyError`` naming the ids
     that have no metadata.
