@@ -20,9 +20,11 @@ are validated (reason codes `SKIP_REASONS`), the food mask is the external one
 integrator and ``K = nutrition5k_intrinsics()``. The ``image`` and ``depth`` columns hold the
 original PNG bytes (the depth stays bit-exact 16-bit).
 
-Streaming: the workers' results come back in split-file order through a bounded window of dishes in
-flight, and `SplitWriter` appends each row to the final Arrow shards in ``OUT`` (no ``datasets``
-cache, no second copy by ``save_to_disk``), so memory does not grow with the number of dishes.
+Streaming (`n5k_hf.data.parallel_conversion`): each split's ids are cut into contiguous chunks;
+a worker converts a chunk and streams its rows straight into its own Arrow shards of the split folder
+(`n5k_hf.data.disk_writer`: the ``save_to_disk`` layout, no ``datasets`` cache, no second copy); the
+shards, in chunk order, hold the rows in split-file order. Memory does not grow with the number of
+dishes, and only a few numbers per dish travel back to this process.
 
 The report records ``synthetic: true`` when the tree holds the synthetic generator's
 `SYNTHETIC_MARKER` (``ground_truth/volumes.csv``), plus the integrator, K and the mask settings.
@@ -35,19 +37,14 @@ A killed process cannot clean up: its ``OUT.tmp-*`` folder stays behind (never l
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import multiprocessing
-import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
-from collections import Counter, deque
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,16 +53,13 @@ import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
-from n5k_hf.allocator import reuse_freed_memory
-from n5k_hf.data import dish_conversion
 from n5k_hf.data.dish_conversion import (
     DEPTH_MEDIAN_RANGE_M,
     MIN_VALID_DEPTH_SHARE,
     SKIP_REASONS,
     DishConversionSettings,
-    DishSkipped,
 )
-from n5k_hf.data.disk_writer import SplitWriter, write_dataset_dict_json
+from n5k_hf.data.disk_writer import finalize_split, write_dataset_dict_json
 from n5k_hf.data.features import DATASET_FEATURES, SPLITS
 from n5k_hf.data.loading import load_n5k_dataset
 from n5k_hf.data.masks import DepthMaskConfig
@@ -75,6 +69,7 @@ from n5k_hf.data.nutrition5k import (
     Nutrition5kLayout,
     split_train_validation,
 )
+from n5k_hf.data.parallel_conversion import plan_chunks, run_chunks
 from n5k_hf.geometry.intrinsics import nutrition5k_intrinsics
 from n5k_hf.geometry.volume import VOLUME_METHODS
 from n5k_hf.hub.dataset_card import build_dataset_card, push_dataset_to_hub
@@ -101,9 +96,6 @@ SYNTHETIC_CAMERA = Path("ground_truth") / "camera.json"
 
 REPORT_NAME = "conversion_report.json"
 VOLUMES_NAME = "volumes.csv"
-DISHES_IN_FLIGHT_PER_PROCESS = 4
-"""Dishes submitted ahead per worker: keeps workers busy while bounding the results held in memory."""
-
 _MASK_SOURCES = ("external", "depth")
 
 
@@ -277,120 +269,6 @@ def _replace_directory(staging: Path, output_dir: Path) -> None:
         staging.rename(output_dir)
 
 
-_worker_settings: DishConversionSettings | None = None
-"""The conversion's settings inside a worker process (set once by `_init_worker`)."""
-
-_Outcome = tuple[dict[str, Any] | None, tuple[str, str, str] | None]
-"""(computed columns, None) for a converted dish, (None, (reason, path, detail)) for a skipped one."""
-
-
-def _init_worker(settings: DishConversionSettings) -> None:
-    global _worker_settings
-    _worker_settings = settings
-    reuse_freed_memory()  # a worker process is ours: no page faults for each dish's temporaries
-
-
-def _convert_one(dish_id: str, settings: DishConversionSettings) -> _Outcome:
-    try:
-        return dish_conversion.convert_dish(dish_id, settings), None
-    except DishSkipped as skipped:
-        return None, (skipped.reason, skipped.path, skipped.detail)
-
-
-@dataclass(frozen=True)
-class _FileStamp:
-    """A source PNG a worker validated, sent back instead of its bytes: the parent reads the file
-    itself (from the page cache, far cheaper than piping 0.6 MB per dish) and checks it is unchanged."""
-
-    path: str
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, path: Path, data: bytes) -> _FileStamp:
-        return cls(str(path), len(data), path.stat().st_mtime_ns)
-
-    def read(self) -> bytes:
-        with open(self.path, "rb") as handle:
-            status = os.fstat(handle.fileno())
-            data = handle.read()
-        if (len(data), status.st_mtime_ns) != (self.size, self.mtime_ns):
-            raise RuntimeError(f"{self.path} changed while the conversion was reading it; convert again")
-        return data
-
-
-_PNG_COLUMNS = {"image": Nutrition5kLayout.rgb_path, "depth": Nutrition5kLayout.depth_raw_path}
-"""Columns holding a source PNG's bytes, and where the file lies."""
-
-
-def _convert_in_worker(dish_id: str) -> _Outcome:
-    assert _worker_settings is not None, "worker started without _init_worker"
-    columns, skip = _convert_one(dish_id, _worker_settings)
-    if columns is not None:
-        layout = Nutrition5kLayout(_worker_settings.root)
-        for name, path_of in _PNG_COLUMNS.items():
-            columns[name] = _FileStamp.of(path_of(layout, dish_id), columns[name]["bytes"])
-    return columns, skip
-
-
-def _with_png_bytes(columns: dict[str, Any]) -> dict[str, Any]:
-    """Columns from a worker with each `_FileStamp` replaced by the file's bytes."""
-    for name in _PNG_COLUMNS:
-        if isinstance(columns[name], _FileStamp):
-            columns[name] = {"bytes": columns[name].read(), "path": None}
-    return columns
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """``fork`` on Linux (workers start at once, nothing re-imported); ``spawn`` elsewhere (macOS, Windows)."""
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-
-
-def _converted_in_order(
-    jobs: list[tuple[str, str]], settings: DishConversionSettings, num_proc: int
-) -> Iterator[tuple[str, str, _Outcome]]:
-    """``(split, dish_id, outcome)`` for every job, in the order of ``jobs``.
-
-    With ``num_proc > 1`` the dishes are converted by a pool of worker processes; at most
-    `DISHES_IN_FLIGHT_PER_PROCESS` per process are submitted ahead of the one being yielded, so the
-    results waiting in memory stay bounded however many dishes there are. An unexpected error in a
-    worker is raised here with a note naming the dish.
-    """
-    if num_proc == 1:
-        for split, dish_id in jobs:
-            try:
-                yield split, dish_id, _convert_one(dish_id, settings)
-            except Exception as error:
-                error.add_note(f"while converting {dish_id} ({split})")
-                raise
-        return
-    pool = ProcessPoolExecutor(
-        max_workers=num_proc, mp_context=_pool_context(), initializer=_init_worker, initargs=(settings,)
-    )
-    try:
-        remaining = iter(jobs)
-        pending: deque[tuple[str, str, Future[_Outcome]]] = deque()
-
-        def submit_next() -> None:
-            job = next(remaining, None)
-            if job is not None:
-                pending.append((*job, pool.submit(_convert_in_worker, job[1])))
-
-        for _ in range(num_proc * DISHES_IN_FLIGHT_PER_PROCESS):
-            submit_next()
-        while pending:
-            split, dish_id, future = pending.popleft()
-            try:
-                outcome = future.result()
-            except Exception as error:
-                error.add_note(f"while converting {dish_id} ({split}) in a worker process")
-                raise
-            submit_next()
-            yield split, dish_id, outcome
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _write_volumes_csv(path: Path, volumes_ml: list[tuple[str, float]]) -> None:
     with open(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
@@ -471,45 +349,49 @@ def convert_nutrition5k(
         integrator=integrator,
         mask_config=mask_config,
     )
-    jobs = [(split, dish_id) for split in SPLITS for dish_id in splits[split]]
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{output_dir.name}.tmp-", dir=output_dir.parent))
-    converted: Counter[str] = Counter({split: 0 for split in SPLITS})
-    mask_sources: Counter[str] = Counter({source: 0 for source in _MASK_SOURCES})
-    volumes_ml: list[tuple[str, float]] = []
-    K_float32 = K.astype(np.float32)
     try:
-        with contextlib.ExitStack() as stack:
-            writers = {
-                split: stack.enter_context(SplitWriter(staging / split, split, DATASET_FEATURES))
-                for split in SPLITS
-            }
-            bar = stack.enter_context(tqdm(total=len(jobs), unit="dish", disable=not progress))
-            for split, dish_id, (columns, skip) in _converted_in_order(jobs, settings, num_proc):
-                bar.set_description(f"converting {split}", refresh=False)
-                bar.update()
-                if skip is not None:
-                    item = SkippedDish(dish_id, split, *skip)
-                    if strict:
-                        raise BadDishError(item)
-                    skipped.append(item)
-                    continue
-                volume_ml = float(np.float32(columns["volume_ml"]))  # the value the float32 column holds
-                writers[split].write(
-                    {
-                        "dish_id": dish_id,
-                        **_with_png_bytes(columns),
-                        "K": K_float32,
-                        "volume_ml": volume_ml,
-                        "plane": np.asarray(columns["plane"], dtype=np.float32),
-                        **_metadata_columns(metadata[dish_id]),
-                    }
-                )
-                converted[split] += 1
-                mask_sources[columns["mask_source"]] += 1
-                volumes_ml.append((dish_id, volume_ml))
-            for writer in writers.values():
-                writer.close()
+        for split in SPLITS:
+            (staging / split).mkdir()
+        tasks = plan_chunks(splits, staging, num_proc)
+        with tqdm(
+            total=sum(len(task.dish_ids) for task in tasks),
+            unit="dish",
+            desc="converting",
+            disable=not progress,
+        ) as bar:
+            results = run_chunks(
+                tasks,
+                settings,
+                {
+                    dish_id: _metadata_columns(metadata[dish_id])
+                    for task in tasks
+                    for dish_id in task.dish_ids
+                },
+                num_proc=num_proc,
+                strict=strict,
+                on_progress=bar.update,
+            )
+            bar.update(sum(len(r.converted) + len(r.skipped) for r in results) - bar.n)  # messages in flight
+        skipped.extend(
+            SkippedDish(dish_id, result.task.split, reason, path, detail)
+            for result in results
+            for dish_id, reason, path, detail in result.skipped
+        )
+        if strict and skipped:
+            raise BadDishError(skipped[0])  # the first bad dish in split-file order among those met
+        converted = {split: 0 for split in SPLITS}
+        mask_sources = {source: 0 for source in _MASK_SOURCES}
+        volumes_ml: list[tuple[str, float]] = []
+        for split in SPLITS:
+            chunks = [result for result in results if result.task.split == split]
+            finalize_split(staging / split, split, DATASET_FEATURES, [s for r in chunks for s in r.shards])
+            for result in chunks:
+                converted[split] += len(result.converted)
+                for dish_id, volume_ml, mask_source in result.converted:
+                    volumes_ml.append((dish_id, volume_ml))
+                    mask_sources[mask_source] += 1
         write_dataset_dict_json(staging, SPLITS)
         _check_written(staging, converted)
         skipped.sort(key=lambda item: (SPLITS.index(item.split), item.dish_id))
@@ -528,8 +410,8 @@ def convert_nutrition5k(
                 + sum(item.split == split and item.reason == "no_metadata" for item in skipped)
                 for split in SPLITS
             },
-            converted=dict(converted),
-            mask_sources=dict(mask_sources),
+            converted=converted,
+            mask_sources=mask_sources,
             skipped=skipped,
             metadata_errors=metadata_errors,
         )

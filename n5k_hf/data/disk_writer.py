@@ -2,13 +2,19 @@
 
 ``Dataset.from_generator(...).save_to_disk(out)`` writes every row twice: once into the ``datasets``
 cache, then again into ``out`` (reading the cache back through memory maps, so the resident set of
-the process grows with the dataset). `SplitWriter` streams the rows straight into the final Arrow
-shards instead; memory holds at most one record batch of rows. A batch is converted to Arrow in
-one ``pyarrow.RecordBatch.from_pylist`` call against the features' schema (C++), not row by row
-through ``Features.encode_example`` (a Python walk over every nested value: about as costly as the
-file write itself for a Nutrition5k row with its ingredient list).
+the process grows with the dataset). Here rows stream straight into the final Arrow shards instead;
+memory holds at most one record batch of rows per writer. A batch is converted to Arrow in one
+``pyarrow.RecordBatch.from_pylist`` call against the features' schema (C++), not row by row through
+``Features.encode_example`` (a Python walk over every nested value: about as costly as the file
+write itself for a Nutrition5k row with its ingredient list).
 
-Layout of ``OUT`` (``datasets`` >= 2.x ``save_to_disk``)::
+* `ShardWriter`: rows -> ``<prefix>-NNNNN.arrow.partial`` shards in a split folder. Several writers
+  (one per worker process, each with its own prefix) can fill one split folder side by side.
+* `finalize_split`: shards, in the order given, -> ``data-XXXXX-of-NNNNN.arrow``, ``state.json``
+  and ``dataset_info.json``.
+* `SplitWriter`: both, for a single writer.
+
+Layout of ``OUT`` (``datasets`` ``save_to_disk``)::
 
     OUT/dataset_dict.json                 {"splits": [...]}            (`write_dataset_dict_json`)
     OUT/<split>/data-00000-of-0000N.arrow Arrow IPC streams, schema with the features metadata
@@ -21,7 +27,8 @@ Layout of ``OUT`` (``datasets`` >= 2.x ``save_to_disk``)::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,15 @@ WRITER_BATCH_SIZE = 32
 """Rows per Arrow record batch: what memory holds before a write (a Nutrition5k row is about 0.6 MB)."""
 
 
+@dataclass(frozen=True)
+class Shard:
+    """One finished shard file and what it holds."""
+
+    path: Path
+    num_examples: int
+    num_bytes: int
+
+
 def _row_nbytes(row: Mapping[str, Any]) -> int:
     """Rough size of an encoded row: the bytes of its binary (image) fields, plus a little per column."""
     size = 0
@@ -49,53 +65,47 @@ def _row_nbytes(row: Mapping[str, Any]) -> int:
     return size
 
 
-class SplitWriter:
-    """Stream the rows of one split into ``folder`` (created), sharded at `MAX_SHARD_BYTES`.
+class ShardWriter:
+    """Stream rows into ``folder/<prefix>-NNNNN.arrow.partial`` shards, a new one every `MAX_SHARD_BYTES`.
 
     Rows hold plain Python values in the features' storage form (an ``Image`` column takes
-    ``{"bytes": ..., "path": None}``), numpy arrays allowed; `close` writes ``state.json`` and
-    ``dataset_info.json``. An empty split still gets one (empty) shard, so that it loads.
-
-    Use as a context manager: leaving the block by an exception closes the open shard without
-    writing the state files (the caller discards the folder).
+    ``{"bytes": ..., "path": None}``), numpy arrays allowed. `close` returns the finished shards;
+    `finalize_split` turns them into a loadable split. As a context manager, leaving the block by
+    an exception closes the open file (the caller discards the folder).
     """
 
     def __init__(
         self,
         folder: Path | str,
-        split: str,
         features: datasets.Features,
         *,
+        prefix: str = "data",
         max_shard_bytes: int = MAX_SHARD_BYTES,
         writer_batch_size: int = WRITER_BATCH_SIZE,
     ):
         if max_shard_bytes <= 0 or writer_batch_size <= 0:
             raise ValueError(f"need positive sizes, got {max_shard_bytes=}, {writer_batch_size=}")
         self.folder = Path(folder)
-        self.split = split
         self.features = features
+        self.prefix = prefix
         self.max_shard_bytes = max_shard_bytes
         self.writer_batch_size = writer_batch_size
-        self.folder.mkdir(parents=True, exist_ok=False)
         self._schema = features.arrow_schema
-        self._partial_shards: list[Path] = []
+        self._shards: list[Shard] = []
+        self._path: Path | None = None
         self._writer: ArrowWriter | None = None
         self._rows: list[dict[str, Any]] = []
         self._shard_bytes = 0
-        self.num_examples = 0
-        self.num_bytes = 0
         self._closed = False
-
-    def _open_shard(self) -> ArrowWriter:
-        path = self.folder / f"data-{len(self._partial_shards):05d}.arrow.partial"
-        self._partial_shards.append(path)
-        return ArrowWriter(features=self.features, path=str(path), writer_batch_size=self.writer_batch_size)
 
     def _flush_rows(self) -> None:
         if not self._rows:
             return
         if self._writer is None:
-            self._writer = self._open_shard()
+            self._path = self.folder / f"{self.prefix}-{len(self._shards):05d}.arrow.partial"
+            self._writer = ArrowWriter(
+                features=self.features, path=str(self._path), writer_batch_size=self.writer_batch_size
+            )
         batch = pa.RecordBatch.from_pylist(self._rows, schema=self._schema)
         self._writer.write_table(pa.Table.from_batches([batch]))
         self._rows = []
@@ -104,22 +114,21 @@ class SplitWriter:
         self._flush_rows()
         self._shard_bytes = 0
         if self._writer is not None:
-            _, num_bytes = self._writer.finalize()
+            num_examples, num_bytes = self._writer.finalize()
             self._writer.close()
-            self.num_bytes += num_bytes
+            self._shards.append(Shard(self._path, num_examples, num_bytes))
             self._writer = None
 
     def write(self, row: Mapping[str, Any]) -> None:
         """Append one row (a dict with every column of ``features``)."""
         if self._closed:
-            raise RuntimeError(f"SplitWriter for {self.folder} is closed")
+            raise RuntimeError(f"the writer of {self.folder}/{self.prefix}-* is closed")
         missing = [name for name in self.features if name not in row]
         if missing:
-            raise KeyError(f"row for split {self.split!r} lacks column(s) {', '.join(missing)}")
+            raise KeyError(f"row for {self.folder} lacks column(s) {', '.join(missing)}")
         self._rows.append(
             {name: value.tolist() if isinstance(value, np.ndarray) else value for name, value in row.items()}
         )
-        self.num_examples += 1
         self._shard_bytes += _row_nbytes(row)
         if self._shard_bytes >= self.max_shard_bytes:
             self._close_shard()
@@ -130,42 +139,15 @@ class SplitWriter:
         for row in rows:
             self.write(row)
 
-    def close(self) -> datasets.SplitInfo:
-        """Finish the last shard, name the shards ``data-XXXXX-of-NNNNN.arrow``, write the state files."""
+    def close(self) -> list[Shard]:
+        """Write what is buffered and close the file; the shards in writing order (none without rows)."""
         if self._closed:
-            raise RuntimeError(f"SplitWriter for {self.folder} is already closed")
-        if not self._partial_shards and not self._rows:  # an empty split: one shard, only the schema
-            self._writer = self._open_shard()
+            raise RuntimeError(f"the writer of {self.folder}/{self.prefix}-* is already closed")
         self._close_shard()
         self._closed = True
-        num_shards = len(self._partial_shards)
-        data_files = []
-        for index, partial in enumerate(self._partial_shards):
-            name = f"data-{index:05d}-of-{num_shards:05d}.arrow"
-            partial.rename(self.folder / name)
-            data_files.append({"filename": name})
-        split_info = datasets.SplitInfo(
-            name=self.split, num_bytes=self.num_bytes, num_examples=self.num_examples
-        )
-        info = datasets.DatasetInfo(
-            features=self.features,
-            splits=datasets.SplitDict({self.split: split_info}),
-            dataset_size=self.num_bytes,
-        )
-        info.write_to_directory(str(self.folder), pretty_print=True)
-        state = {
-            "_data_files": data_files,
-            "_fingerprint": generate_random_fingerprint(),
-            "_format_columns": None,
-            "_format_kwargs": {},
-            "_format_type": None,
-            "_output_all_columns": False,
-            "_split": self.split,
-        }
-        (self.folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
-        return split_info
+        return list(self._shards)
 
-    def __enter__(self) -> SplitWriter:
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
@@ -175,6 +157,60 @@ class SplitWriter:
                 self._writer.close()
                 self._writer = None
             self._closed = True
+
+
+def finalize_split(
+    folder: Path | str, split: str, features: datasets.Features, shards: Sequence[Shard]
+) -> datasets.SplitInfo:
+    """Make ``folder`` a loadable split: ``shards`` renamed ``data-XXXXX-of-NNNNN.arrow`` in the order
+    given (the split's row order), plus ``state.json`` and ``dataset_info.json``.
+
+    Without shards (no rows) one empty shard holding only the schema is written, so the split loads.
+    """
+    folder = Path(folder)
+    shards = list(shards)
+    if not shards:
+        empty = folder / "empty.arrow.partial"
+        writer = ArrowWriter(features=features, path=str(empty))
+        num_examples, num_bytes = writer.finalize()
+        writer.close()
+        shards = [Shard(empty, num_examples, num_bytes)]
+    data_files = []
+    for index, shard in enumerate(shards):
+        name = f"data-{index:05d}-of-{len(shards):05d}.arrow"
+        shard.path.rename(folder / name)
+        data_files.append({"filename": name})
+    num_examples = sum(shard.num_examples for shard in shards)
+    num_bytes = sum(shard.num_bytes for shard in shards)
+    split_info = datasets.SplitInfo(name=split, num_bytes=num_bytes, num_examples=num_examples)
+    info = datasets.DatasetInfo(
+        features=features, splits=datasets.SplitDict({split: split_info}), dataset_size=num_bytes
+    )
+    info.write_to_directory(str(folder), pretty_print=True)
+    state = {
+        "_data_files": data_files,
+        "_fingerprint": generate_random_fingerprint(),
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": split,
+    }
+    (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+    return split_info
+
+
+class SplitWriter(ShardWriter):
+    """A `ShardWriter` that owns its split folder (created) and finalizes it on `close`."""
+
+    def __init__(self, folder: Path | str, split: str, features: datasets.Features, **kwargs: Any):
+        Path(folder).mkdir(parents=True, exist_ok=False)
+        super().__init__(folder, features, **kwargs)
+        self.split = split
+
+    def close(self) -> datasets.SplitInfo:  # type: ignore[override]
+        """Finish the shards and write the state files; the split's size."""
+        return finalize_split(self.folder, self.split, self.features, super().close())
 
 
 def write_dataset_dict_json(folder: Path | str, splits: Iterable[str]) -> None:
