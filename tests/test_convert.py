@@ -16,7 +16,7 @@ import pytest
 
 import n5k_hf.data.convert as convert_module
 from n5k_hf.cli import exit_on_user_error
-from n5k_hf.data import dish_conversion
+from n5k_hf.data import dish_conversion, parallel_conversion
 from n5k_hf.data.convert import (
     REPORT_NAME,
     VOLUMES_NAME,
@@ -430,3 +430,101 @@ def test_a_synthetic_tree_with_another_camera_is_refused(tmp_path: Path) -> None
     camera_path.write_text(json.dumps(camera), encoding="utf-8")
     with pytest.raises(ValueError, match=r"camera\.json: the synthetic dishes were rendered with K="):
         convert_nutrition5k(root, tmp_path / "out", progress=False)
+
+
+def _split_rows(output_dir: Path) -> dict[str, list[tuple[str, float, bytes]]]:
+    """Per split, in row order: (dish_id, volume_ml, mask PNG bytes)."""
+    dataset = datasets.load_from_disk(str(output_dir))
+    rows = {}
+    for split in SPLITS:
+        part = dataset[split].cast_column("mask", datasets.Image(decode=False))
+        rows[split] = [(row["dish_id"], row["volume_ml"], row["mask"]["bytes"]) for row in part]
+    return rows
+
+
+def test_many_chunks_over_two_processes_give_the_one_process_rows_in_split_order(
+    tree, external: Path, monkeypatch, tmp_path: Path
+) -> None:
+    root, _ = tree
+    monkeypatch.setattr(parallel_conversion, "MIN_CHUNK_DISHES", 2)  # 2-3 dishes per chunk
+    output_dir = tmp_path / "out"
+    convert_nutrition5k(
+        root,
+        output_dir,
+        masks_dir=root / "ground_truth" / "masks",
+        val_fraction=0.25,
+        num_proc=2,
+        progress=False,
+    )
+    assert len(list((output_dir / "train").glob("data-*.arrow"))) > 2  # one shard per chunk with rows
+    assert _split_rows(output_dir) == _split_rows(external)  # same rows, same order, same bytes
+    for name in (REPORT_NAME, VOLUMES_NAME):
+        ours = (
+            json.loads((output_dir / name).read_text())
+            if name == REPORT_NAME
+            else (output_dir / name).read_text()
+        )
+        theirs = (
+            json.loads((external / name).read_text())
+            if name == REPORT_NAME
+            else (external / name).read_text()
+        )
+        if name == REPORT_NAME:
+            for report in (ours, theirs):
+                report.pop("elapsed_s"), report.pop("output_dir")
+        assert ours == theirs
+
+
+def test_plan_chunks_cuts_contiguous_chunks_in_split_order(tmp_path: Path) -> None:
+    ids = {"train": [f"t{i}" for i in range(300)], "validation": [], "test": [f"x{i}" for i in range(70)]}
+    tasks = parallel_conversion.plan_chunks(ids, tmp_path, num_proc=2)
+    # 300 train ids over 2 processes x 4 chunks -> 38 per chunk; 70 test ids -> at least 16 per chunk.
+    assert [(task.split, task.index, len(task.dish_ids)) for task in tasks] == [
+        *(("train", index, 38) for index in range(7)),
+        ("train", 7, 34),
+        *(("test", index, 16) for index in range(4)),
+        ("test", 4, 6),
+    ]
+    assert [dish_id for task in tasks if task.split == "train" for dish_id in task.dish_ids] == ids["train"]
+    assert {task.folder for task in tasks} == {str(tmp_path / "train"), str(tmp_path / "test")}
+    single = parallel_conversion.plan_chunks(ids, tmp_path, num_proc=1)
+    assert [(task.split, len(task.dish_ids)) for task in single] == [("train", 300), ("test", 70)]
+
+
+def test_strict_mode_with_workers_stops_and_writes_nothing(tree, monkeypatch, tmp_path: Path) -> None:
+    root, expected = tree
+    layout = Nutrition5kLayout(root)
+    metadata_path = layout.dish_metadata_path(1)
+    monkeypatch.setattr(parallel_conversion, "MIN_CHUNK_DISHES", 2)
+    # Only file-level faults (the malformed metadata row would stop the run before any worker starts).
+    original = metadata_path.read_text(encoding="utf-8")
+    malformed = next(dish_id for dish_id, reason in expected.items() if reason == "no_metadata")
+    try:
+        metadata_path.write_text(
+            "\n".join(row.removesuffix(",extra") for row in original.splitlines()) + "\n", encoding="utf-8"
+        )
+        with pytest.raises(BadDishError) as info:
+            convert_nutrition5k(root, tmp_path / "out", strict=True, num_proc=2, progress=False)
+    finally:
+        metadata_path.write_text(original, encoding="utf-8")
+    assert info.value.skipped.dish_id != malformed
+    assert expected[info.value.skipped.dish_id] == info.value.skipped.reason
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_in_a_worker_names_the_dish_and_leaves_nothing(tree, monkeypatch, tmp_path: Path) -> None:
+    root, expected = tree
+    layout = Nutrition5kLayout(root)
+    victim = next(dish_id for dish_id in layout.split_ids("depth_test") if dish_id not in expected)
+    original = dish_conversion.convert_dish
+
+    def fail_on_victim(dish_id, settings):
+        if dish_id == victim:
+            raise RuntimeError("worker bug")
+        return original(dish_id, settings)
+
+    monkeypatch.setattr(dish_conversion, "convert_dish", fail_on_victim)  # inherited by forked workers
+    with pytest.raises(RuntimeError, match="worker bug") as info:
+        convert_nutrition5k(root, tmp_path / "out", num_proc=2, val_fraction=0.25, progress=False)
+    assert any(victim in note for note in getattr(info.value, "__notes__", []))
+    assert list(tmp_path.iterdir()) == []

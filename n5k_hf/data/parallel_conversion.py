@@ -35,8 +35,8 @@ from n5k_hf.data.features import DATASET_FEATURES, SPLITS
 CHUNKS_PER_PROCESS = 4
 """Chunks per worker and split: small enough that the workers finish close together."""
 
-MIN_CHUNK_DISHES = 64
-"""No chunk smaller than this (a chunk is at least one shard file)."""
+MIN_CHUNK_DISHES = 16
+"""No chunk smaller than this (a chunk with rows is at least one shard file)."""
 
 _PROGRESS_POLL_S = 0.2
 
@@ -203,9 +203,9 @@ def run_chunks(
         max_workers=num_proc, mp_context=context, initializer=_init_worker, initargs=(state,)
     )
     try:
-        futures: dict[Future[ChunkResult], int] = {
-            pool.submit(convert_chunk, task): i for i, task in enumerate(tasks)
-        }
+        # Largest chunks first, so that the last ones to finish are small and no worker idles long.
+        by_size = sorted(range(len(tasks)), key=lambda index: -len(tasks[index].dish_ids))
+        futures: dict[Future[ChunkResult], int] = {pool.submit(convert_chunk, tasks[i]): i for i in by_size}
         results: list[ChunkResult | None] = [None] * len(tasks)
         pending = set(futures)
         while pending:
