@@ -140,7 +140,26 @@ def _plane_axes(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return along_u, along_v
 
 
-def _linked_neighbours(usable: np.ndarray, mask: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class _Raster:
+    """Flat indices (N,) of the true pixels of an (h, w) bool array in raster order, with their rows
+    and columns; computed once per integration and shared by the footprint steps."""
+
+    pixels: np.ndarray
+    rows: np.ndarray
+    columns: np.ndarray
+    width: int
+
+    @classmethod
+    def of(cls, usable: np.ndarray) -> _Raster:
+        pixels = np.flatnonzero(usable)
+        rows, columns = np.divmod(pixels, usable.shape[1])
+        return cls(pixels, rows, columns, usable.shape[1])
+
+
+def _linked_neighbours(
+    usable: np.ndarray, mask: np.ndarray, axis: int, raster: _Raster | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Index along image ``axis`` of the previous and the next usable pixel of each usable pixel.
 
     Neighbours are searched in the same row (``axis`` 1) or column (``axis`` 0) within an unbroken
@@ -148,30 +167,29 @@ def _linked_neighbours(usable: np.ndarray, mask: np.ndarray, axis: int) -> tuple
 
     Args:
         usable: (h, w) bool pixels with a valid depth, inside (h, w) bool ``mask``.
+        raster: `_Raster` of ``usable`` when already at hand.
 
     Returns:
         previous, following: (N,) int64 for the N usable pixels in raster order.
     """
+    raster = _Raster.of(usable) if raster is None else raster
     if axis == 0:
         usable_t, mask_t = np.ascontiguousarray(usable.T), np.ascontiguousarray(mask.T)
-        previous_t, following_t = _linked_neighbours(usable_t, mask_t, 1)
+        raster_t = _Raster.of(usable_t)
+        previous_t, following_t = _linked_neighbours(usable_t, mask_t, 1, raster_t)
         # Back from the transposed raster order to the raster order of ``usable``.
         grid = np.empty(usable_t.shape, dtype=np.int64)
-        pixels_t = np.flatnonzero(usable_t)
-        pixels = np.flatnonzero(usable)
-        grid.flat[pixels_t] = previous_t
-        previous = grid.T.ravel()[pixels]
-        grid.flat[pixels_t] = following_t
-        return previous, grid.T.ravel()[pixels]
-    width = usable.shape[1]
-    pixels = np.flatnonzero(usable)
-    rows, columns = np.divmod(pixels, width)
+        grid.flat[raster_t.pixels] = previous_t
+        previous = grid.T.ravel()[raster.pixels]
+        grid.flat[raster_t.pixels] = following_t
+        return previous, grid.T.ravel()[raster.pixels]
+    rows, columns = raster.rows, raster.columns
     # Consecutive usable pixels in raster order are linked when they share a row and no pixel
     # outside the mask lies between them (the count of such pixels before each is the same).
-    outside_before = np.cumsum(~mask.ravel(), dtype=np.int64)[pixels]
+    outside_before = np.cumsum(~mask.ravel(), dtype=np.int64)[raster.pixels]
     linked = (rows[1:] == rows[:-1]) & (outside_before[1:] == outside_before[:-1])
-    previous = np.full(len(pixels), -1, dtype=np.int64)
-    following = np.full(len(pixels), -1, dtype=np.int64)
+    previous = np.full(len(rows), -1, dtype=np.int64)
+    following = np.full(len(rows), -1, dtype=np.int64)
     previous[1:] = np.where(linked, columns[:-1], -1)
     following[:-1] = np.where(linked, columns[1:], -1)
     return previous, following
@@ -183,6 +201,7 @@ def _footprint_half_gaps(
     mask: np.ndarray,
     nominal_m: np.ndarray,
     axis: int,
+    raster: _Raster | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Plane vectors from each usable pixel halfway to its previous and next neighbour along ``axis``.
 
@@ -199,24 +218,25 @@ def _footprint_half_gaps(
         coords_m: (h, w) plane coordinates of each pixel along the ``u`` and ``v`` plane axes.
         usable: (h, w) bool pixels with a valid depth in ``mask`` (h, w).
         nominal_m: (N,) nominal pixel size on the plane (depth / focal length) of the usable pixels.
+        raster: `_Raster` of ``usable`` when already at hand.
 
     Returns:
         (before_u, before_v, after_u, after_v): (N,) components, for the usable pixels in raster
         order, of the half-gap vectors to the previous and the next neighbour.
     """
-    width = usable.shape[1]
-    pixels = np.flatnonzero(usable)
-    rows, columns = np.divmod(pixels, width)
+    raster = _Raster.of(usable) if raster is None else raster
+    width, rows, columns = raster.width, raster.rows, raster.columns
     position = columns if axis == 1 else rows
     flat_u, flat_v = coords_m[0].ravel(), coords_m[1].ravel()
+    centre_u, centre_v = flat_u[raster.pixels], flat_v[raster.pixels]
     halves = []
-    for neighbour, sign in zip(_linked_neighbours(usable, mask, axis), (-1.0, 1.0)):
+    for neighbour, sign in zip(_linked_neighbours(usable, mask, axis, raster), (-1.0, 1.0)):
         linked = neighbour >= 0
         neighbour = np.where(linked, neighbour, position)
         steps = np.maximum(np.abs(neighbour - position), 1)
         neighbour_pixels = rows * width + neighbour if axis == 1 else neighbour * width + columns
-        gap_u = sign * (flat_u[neighbour_pixels] - flat_u[pixels]) / 2.0
-        gap_v = sign * (flat_v[neighbour_pixels] - flat_v[pixels]) / 2.0
+        gap_u = sign * (flat_u[neighbour_pixels] - centre_u) / 2.0
+        gap_v = sign * (flat_v[neighbour_pixels] - centre_v) / 2.0
         max_gap_m = 0.5 * MAX_GAP_NOMINAL_PIXELS * nominal_m * steps
         linked &= gap_u * gap_u + gap_v * gap_v <= max_gap_m * max_gap_m
         gap_u[~linked] = np.nan
@@ -279,14 +299,15 @@ def _pixel_footprints(
         coord_u_m, coord_v_m: (h, w) plane coordinates of the pixels; usable: (h, w) bool pixels
         with a valid depth in ``mask`` (h, w); depth_m: (h, w) depth in metres.
     """
-    pixels = np.flatnonzero(usable)
+    raster = _Raster.of(usable)
+    pixels = raster.pixels
     usable_depth_m = depth_m.ravel()[pixels]
     coords_m = (coord_u_m, coord_v_m)
     before_uu, before_uv, after_uu, after_uv = _footprint_half_gaps(
-        coords_m, usable, mask, usable_depth_m / K[0, 0], 1
+        coords_m, usable, mask, usable_depth_m / K[0, 0], 1, raster
     )
     before_vu, before_vv, after_vu, after_vv = _footprint_half_gaps(
-        coords_m, usable, mask, usable_depth_m / K[1, 1], 0
+        coords_m, usable, mask, usable_depth_m / K[1, 1], 0, raster
     )
     lower_u, upper_u = np.maximum(before_uu, 0.0), np.maximum(after_uu, 0.0)
     lower_v, upper_v = np.maximum(before_vv, 0.0), np.maximum(after_vv, 0.0)
@@ -324,16 +345,17 @@ def _rasterise_footprints(
     grid_shape = (int((first_row + n_rows).max() - row_origin), int((first_col + n_cols).max() - col_origin))
     # (pixel, cell) pairs: expand rows, then columns within each (pixel, row) pair.
     pixel_of_row, cell_rows = _expand(first_row, n_rows)
+    # The overlap along v depends on the (pixel, row) pair only: computed before the column expansion.
+    overlap_v = np.minimum(high_v[pixel_of_row], (cell_rows + 1) * cell_size_m) - np.maximum(
+        low_v[pixel_of_row], cell_rows * cell_size_m
+    )
     pair_of_col, cell_cols = _expand(first_col[pixel_of_row], n_cols[pixel_of_row])
     pixel = pixel_of_row[pair_of_col]
     cell_rows = cell_rows[pair_of_col]
     overlap_u = np.minimum(high_u[pixel], (cell_cols + 1) * cell_size_m) - np.maximum(
         low_u[pixel], cell_cols * cell_size_m
     )
-    overlap_v = np.minimum(high_v[pixel], (cell_rows + 1) * cell_size_m) - np.maximum(
-        low_v[pixel], cell_rows * cell_size_m
-    )
-    overlap_m2 = np.maximum(overlap_u, 0.0) * np.maximum(overlap_v, 0.0)
+    overlap_m2 = np.maximum(overlap_u, 0.0) * np.maximum(overlap_v, 0.0)[pair_of_col]
     flat_cells = (cell_rows - row_origin) * grid_shape[1] + (cell_cols - col_origin)
     n_cells = grid_shape[0] * grid_shape[1]
     covered_m2 = np.bincount(flat_cells, weights=overlap_m2, minlength=n_cells)
