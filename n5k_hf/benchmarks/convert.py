@@ -10,7 +10,8 @@ starting Python and importing ``datasets`` weighs little):
 
 * decode limit: every dish's ``rgb.png`` and ``depth_raw.png`` read and fully decoded (OpenCV) in a
   pool of ``--num-proc`` processes: the throughput of doing nothing but decoding, with the same number
-  of processes as the converter. Dishes/s, and CPU milliseconds per dish.
+  of processes as the converter, malloc tuned like the converter's workers (`reuse_freed_memory`).
+  Dishes/s, and CPU milliseconds per dish.
 * converter: ``scripts/convert_nutrition5k.py --num-proc N`` end to end (validation, masks, planes,
   volumes, Arrow shards, the final ``load_from_disk`` check), with external masks and with the depth
   fallback masks. Dishes/s and its ratio to the decode limit (issue target: >= 0.6): over the whole

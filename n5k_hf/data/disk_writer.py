@@ -41,7 +41,7 @@ from datasets.fingerprint import generate_random_fingerprint
 MAX_SHARD_BYTES = 500 * 2**20
 """A shard is closed once the rows written to it reach this size (``save_to_disk``'s default, 500 MB)."""
 
-WRITER_BATCH_SIZE = 32
+WRITER_BATCH_SIZE = 16
 """Rows per Arrow record batch: what memory holds before a write (a Nutrition5k row is about 0.6 MB)."""
 
 
