@@ -68,7 +68,7 @@ class _WorkerState:
     settings: DishConversionSettings
     metadata_columns: Mapping[str, Mapping[str, Any]]
     strict: bool
-    progress: Any  # a multiprocessing queue, or None in this process
+    progress: Any  # ``put(n)``: a multiprocessing queue, or a `_Callback` in this process
     stop: Any  # a multiprocessing event, or None in this process
 
 
@@ -114,8 +114,7 @@ def convert_chunk(task: ChunkTask) -> ChunkResult:
                 columns = dish_conversion.convert_dish(dish_id, state.settings)
             except DishSkipped as skipped:
                 result.skipped.append((dish_id, skipped.reason, skipped.path, skipped.detail))
-                if state.progress is not None:
-                    state.progress.put(1)
+                state.progress.put(1)
                 if state.strict:
                     if state.stop is not None:
                         state.stop.set()
@@ -136,8 +135,7 @@ def convert_chunk(task: ChunkTask) -> ChunkResult:
                 }
             )
             result.converted.append((dish_id, volume_ml, columns["mask_source"]))
-            if state.progress is not None:
-                state.progress.put(1)
+            state.progress.put(1)
         result.shards = writer.close()
     return result
 
