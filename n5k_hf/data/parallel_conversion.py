@@ -168,7 +168,9 @@ def run_chunks(
     worker meets stops all of them (the chunks then end early).
     """
     global _state
-    if num_proc == 1:
+    if not tasks:
+        return []
+    if num_proc == 1 or len(tasks) == 1:
         results = []
         previous, _state = (
             _state,
@@ -198,7 +200,7 @@ def run_chunks(
             on_progress(done)
 
     pool = ProcessPoolExecutor(
-        max_workers=num_proc, mp_context=context, initializer=_init_worker, initargs=(state,)
+        max_workers=min(num_proc, len(tasks)), mp_context=context, initializer=_init_worker, initargs=(state,)
     )
     try:
         # Largest chunks first, so that the last ones to finish are small and no worker idles long.
