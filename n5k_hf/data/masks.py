@@ -120,17 +120,30 @@ def remove_small_components(mask: np.ndarray, min_component_px: int) -> np.ndarr
     return keep[labels] if count > 1 else mask
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """Rows and columns of the bounding box of the true pixels of (H, W) bool ``mask`` (None if none)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def _tall_components(mask: np.ndarray, heights_m: np.ndarray, min_height_m: float) -> np.ndarray:
     """(H, W) bool ``mask`` keeping the 8-connected pieces whose highest pixel (in (H, W) ``heights_m``)
-    reaches ``min_height_m``."""
-    count, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)
-    if count <= 1:
+    reaches ``min_height_m``. Works on the mask's bounding box (the pieces are the same there)."""
+    box = _bounding_box(mask)
+    if box is None:
         return mask
+    inside = mask[box]
+    count, labels = cv2.connectedComponents(inside.view(np.uint8), connectivity=8)
     peak_m = np.zeros(count)
-    np.maximum.at(peak_m, labels[mask], heights_m[mask])
+    np.maximum.at(peak_m, labels[inside], heights_m[box][inside])
     keep = peak_m >= min_height_m
     keep[0] = False
-    return keep[labels]
+    tall = np.zeros_like(mask)
+    tall[box] = keep[labels]
+    return tall
 
 
 def label_items(mask: np.ndarray, min_component_px: int = 0) -> np.ndarray:
@@ -138,9 +151,14 @@ def label_items(mask: np.ndarray, min_component_px: int = 0) -> np.ndarray:
 
     Pieces of fewer than ``min_component_px`` pixels are dropped (label 0), as by
     `remove_small_components`, in the same pass. Raises `TooManyItemsError` for more than `MAX_ITEMS` pieces.
+    Works on the mask's bounding box: the pieces and their raster order are the same there.
     """
     mask = np.asarray(mask, dtype=bool)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    labelled = np.zeros(mask.shape, dtype=np.uint8)
+    box = _bounding_box(mask)
+    if box is None:
+        return labelled
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask[box].view(np.uint8), connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
     kept = int(np.count_nonzero(areas >= min_component_px))
     if kept > MAX_ITEMS:
@@ -150,7 +168,8 @@ def label_items(mask: np.ndarray, min_component_px: int = 0) -> np.ndarray:
     order = np.argsort(-areas, kind="stable")[:kept]
     relabel = np.zeros(count, dtype=np.uint8)
     relabel[order + 1] = np.arange(1, kept + 1, dtype=np.uint8)
-    return relabel[labels]
+    labelled[box] = relabel[labels]
+    return labelled
 
 
 @dataclass(frozen=True, eq=False)
@@ -303,11 +322,14 @@ def _food_before_cleanup(
         low = above_support_m > config.grow_threshold_m
 
     bridged = cv2.morphologyEx(on_support.view(np.uint8), cv2.MORPH_CLOSE, _disc(2))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(bridged, connectivity=4)
-    if count <= 1:
+    box = _bounding_box(bridged.view(bool))
+    if box is None:
         return np.zeros(depth_m.shape, dtype=bool)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(bridged[box], connectivity=4)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    region = fill_holes(labels == largest)
+    support_piece = np.zeros(depth_m.shape, dtype=bool)
+    support_piece[box] = labels == largest
+    region = fill_holes(support_piece)
 
     food = _tall_components(seeds & region, above_support_m, config.min_item_height_m).view(np.uint8)
     if config.grow_px > 0:
