@@ -1,4 +1,4 @@
-"""SplitWriter writes what datasets.load_from_disk reads back, row for row, in order."""
+"""ShardWriter + finalize_split write what datasets.load_from_disk reads back, row for row, in order."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 
-from n5k_hf.data.disk_writer import SplitWriter, write_dataset_dict_json
+from n5k_hf.data.disk_writer import ShardWriter, finalize_split, write_dataset_dict_json
 from n5k_hf.data.features import DATASET_FEATURES
 
 FEATURES = datasets.Features(
@@ -36,11 +36,15 @@ def _row(index: int, blob_bytes: int = 1000) -> dict:
     }
 
 
-def _write(folder: Path, rows: list[dict], **kwargs) -> datasets.SplitInfo:
-    with SplitWriter(folder / "train", "train", FEATURES, **kwargs) as writer:
+def _write(
+    folder: Path, rows: list[dict], split: str = "train", features=FEATURES, **kwargs
+) -> datasets.SplitInfo:
+    (folder / split).mkdir(parents=True)
+    with ShardWriter(folder / split, features, **kwargs) as writer:
         writer.write_rows(rows)
-        info = writer.close()
-    write_dataset_dict_json(folder, ["train"])
+        shards = writer.close()
+    info = finalize_split(folder / split, split, features, shards)
+    write_dataset_dict_json(folder, [split])
     return info
 
 
@@ -91,17 +95,19 @@ def test_dataset_info_records_the_split_size(tmp_path: Path) -> None:
 def test_a_row_missing_a_column_is_refused_by_name(tmp_path: Path) -> None:
     row = _row(1)
     del row["plane"]
-    writer = SplitWriter(tmp_path / "train", "train", FEATURES)
+    writer = ShardWriter(tmp_path, FEATURES)
     with pytest.raises(KeyError, match=r"lacks column\(s\) plane"):
         writer.write(row)
 
 
 def test_an_error_inside_the_block_writes_no_state_files(tmp_path: Path) -> None:
-    writer = SplitWriter(tmp_path / "train", "train", FEATURES, writer_batch_size=2)
+    (tmp_path / "train").mkdir()
+    writer = ShardWriter(tmp_path / "train", FEATURES, writer_batch_size=2)
     with pytest.raises(RuntimeError, match="boom"), writer:
         writer.write_rows([_row(index) for index in range(5)])
         raise RuntimeError("boom")
     assert not (tmp_path / "train" / "state.json").exists()
+    assert not list((tmp_path / "train").glob("*.arrow"))  # only .partial shards, never a finished one
     with pytest.raises(RuntimeError, match="closed"):
         writer.write(_row(6))
 
@@ -134,10 +140,7 @@ def test_the_project_schema_accepts_a_converter_row(tmp_path: Path) -> None:
         ],
         "cafe": 2,
     }
-    with SplitWriter(tmp_path / "test", "test", DATASET_FEATURES) as writer:
-        writer.write(row)
-        writer.close()
-    write_dataset_dict_json(tmp_path, ["test"])
+    _write(tmp_path, [row], split="test", features=DATASET_FEATURES)
     loaded = datasets.load_from_disk(str(tmp_path))["test"]
     for column in ("image", "depth", "mask"):
         loaded = loaded.cast_column(column, datasets.Image(decode=False))

@@ -12,7 +12,6 @@ write itself for a Nutrition5k row with its ingredient list).
   (one per worker process, each with its own prefix) can fill one split folder side by side.
 * `finalize_split`: shards, in the order given, -> ``data-XXXXX-of-NNNNN.arrow``, ``state.json``
   and ``dataset_info.json``.
-* `SplitWriter`: both, for a single writer.
 
 Layout of ``OUT`` (``datasets`` ``save_to_disk``)::
 
@@ -198,19 +197,6 @@ def finalize_split(
     }
     (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
     return split_info
-
-
-class SplitWriter(ShardWriter):
-    """A `ShardWriter` that owns its split folder (created) and finalizes it on `close`."""
-
-    def __init__(self, folder: Path | str, split: str, features: datasets.Features, **kwargs: Any):
-        Path(folder).mkdir(parents=True, exist_ok=False)
-        super().__init__(folder, features, **kwargs)
-        self.split = split
-
-    def close(self) -> datasets.SplitInfo:  # type: ignore[override]
-        """Finish the shards and write the state files; the split's size."""
-        return finalize_split(self.folder, self.split, self.features, super().close())
 
 
 def write_dataset_dict_json(folder: Path | str, splits: Iterable[str]) -> None:

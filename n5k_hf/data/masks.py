@@ -39,7 +39,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from n5k_hf.geometry.plane import fit_table_plane, height_map_m, valid_depth
+from n5k_hf.geometry.plane import bounding_box, fit_table_plane, height_map_m, valid_depth
 
 MAX_ITEMS = 255
 """Most food items a uint8 label image can hold."""
@@ -120,19 +120,10 @@ def remove_small_components(mask: np.ndarray, min_component_px: int) -> np.ndarr
     return keep[labels] if count > 1 else mask
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
-    """Rows and columns of the bounding box of the true pixels of (H, W) bool ``mask`` (None if none)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if len(rows) == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
 def _tall_components(mask: np.ndarray, heights_m: np.ndarray, min_height_m: float) -> np.ndarray:
     """(H, W) bool ``mask`` keeping the 8-connected pieces whose highest pixel (in (H, W) ``heights_m``)
     reaches ``min_height_m``. Works on the mask's bounding box (the pieces are the same there)."""
-    box = _bounding_box(mask)
+    box = bounding_box(mask)
     if box is None:
         return mask
     inside = mask[box]
@@ -155,7 +146,7 @@ def label_items(mask: np.ndarray, min_component_px: int = 0) -> np.ndarray:
     """
     mask = np.asarray(mask, dtype=bool)
     labelled = np.zeros(mask.shape, dtype=np.uint8)
-    box = _bounding_box(mask)
+    box = bounding_box(mask)
     if box is None:
         return labelled
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask[box].view(np.uint8), connectivity=8)
@@ -322,7 +313,7 @@ def _food_before_cleanup(
         low = above_support_m > config.grow_threshold_m
 
     bridged = cv2.morphologyEx(on_support.view(np.uint8), cv2.MORPH_CLOSE, _disc(2))
-    box = _bounding_box(bridged.view(bool))
+    box = bounding_box(bridged.view(bool))
     if box is None:
         return np.zeros(depth_m.shape, dtype=bool)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(bridged[box], connectivity=4)

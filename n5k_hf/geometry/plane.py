@@ -134,6 +134,15 @@ def ring_widths_px(K: np.ndarray) -> tuple[int, int]:
     return inner_px, max(inner_px + 2, round(RING_OUTER_PX * scale))
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """Rows and columns of the bounding box of the true pixels of (H, W) bool ``mask``; None if none."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def table_ring_mask(
     mask: np.ndarray, inner_px: int = RING_INNER_PX, outer_px: int = RING_OUTER_PX
 ) -> np.ndarray:
@@ -146,16 +155,12 @@ def table_ring_mask(
         raise ValueError(f"mask must have shape (H, W), got {mask.shape}")
     if not 0 <= inner_px < outer_px:
         raise ValueError(f"need 0 <= inner_px < outer_px, got inner_px={inner_px}, outer_px={outer_px}")
-    rows = np.flatnonzero(mask.any(axis=1))
-    if len(rows) == 0:
+    box = bounding_box(mask)
+    if box is None:
         return np.zeros_like(mask)
-    cols = np.flatnonzero(mask.any(axis=0))
     # Only the mask's bounding box grown by outer_px can hold ring pixels (a chamfer distance is at
     # least the Chebyshev distance), and inside it the distances equal those over the whole frame.
-    window = (
-        slice(max(rows[0] - outer_px, 0), rows[-1] + outer_px + 1),
-        slice(max(cols[0] - outer_px, 0), cols[-1] + outer_px + 1),
-    )
+    window = tuple(slice(max(side.start - outer_px, 0), side.stop + outer_px) for side in box)
     distance_px = cv2.distanceTransform((~mask[window]).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
     ring = np.zeros_like(mask)
     ring[window] = (distance_px > inner_px) & (distance_px <= outer_px)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from n5k_hf.geometry.plane import Plane, fit_table_plane, pixel_directions, valid_depth
+from n5k_hf.geometry.plane import Plane, bounding_box, fit_table_plane, pixel_directions, valid_depth
 
 ML_PER_M3 = 1e6
 
@@ -90,13 +90,6 @@ def _nearest_fill(values: np.ndarray, known: np.ndarray, wanted: np.ndarray) -> 
     return filled
 
 
-def _mask_window(mask: np.ndarray) -> tuple[slice, slice]:
-    """Rows and columns of the bounding box of a non-empty (H, W) bool mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
 def fill_invalid_depth(depth_m: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(H, W) float64 depth where invalid (NaN or <= 0) pixels inside ``mask`` take the depth of the
     nearest valid pixel inside ``mask``; pixels outside the mask are returned unchanged.
@@ -109,7 +102,7 @@ def fill_invalid_depth(depth_m: np.ndarray, mask: np.ndarray) -> np.ndarray:
     valid = valid_depth(depth_m)
     if not mask.any() or not (mask & valid).any():
         return filled
-    window = _mask_window(mask)
+    window = bounding_box(mask)
     window_mask = mask[window]
     filled[window] = _nearest_fill(depth_m[window], window_mask & valid[window], window_mask)
     return filled
@@ -368,7 +361,7 @@ def _rasterise_footprints(
 def _heightmap_volume_ml(
     depth_m: np.ndarray, mask: np.ndarray, K: np.ndarray, plane: Plane, cell_size_m: float
 ) -> float:
-    window = _mask_window(mask)
+    window = bounding_box(mask)
     window_depth_m = depth_m[window]
     usable = mask[window] & valid_depth(window_depth_m)
     if not usable.any():
